@@ -1,0 +1,181 @@
+// CPU kernels of the per-sample gradient-norm penalty: one vectorized, parallel pass over the
+// gradients forward (per-row sum of squares) and one backward (dL/dg_i = c_i * g_i).
+#include <ATen/Dispatch.h>
+#include <ATen/Parallel.h>
+#include <ATen/core/Tensor.h>
+#include <ATen/cpu/vec/functional.h>
+#include <ATen/cpu/vec/vec.h>
+#include <ATen/ops/empty.h>
+#include <c10/util/irange.h>
+#include <torch/library.h>
+
+#include <vector>
+
+#include "../gnp_math.h"
+#include "../rows.h"
+
+namespace fastgan {
+namespace {
+
+using at::vec::Vectorized;
+
+// Rows are cut into chunks of this many elements so that few huge rows (B=2, 3x1024x1024) still
+// use every thread; partial sums are combined in a fixed order, so results do not depend on the
+// thread count.
+constexpr int64_t kChunk = 16384;
+
+template <typename scalar_t>
+using acc_type = std::conditional_t<std::is_same_v<scalar_t, double>, double, float>;
+
+template <typename scalar_t>
+acc_type<scalar_t> sum_squares(const scalar_t* p, int64_t n) {
+  using acc_t = acc_type<scalar_t>;
+  using Vec = Vectorized<scalar_t>;
+  using aVec = Vectorized<acc_t>;
+  constexpr int64_t W = Vec::size();
+  aVec a0(acc_t(0)), a1(acc_t(0)), a2(acc_t(0)), a3(acc_t(0));
+  int64_t i = 0;
+  if constexpr (at::vec::is_reduced_floating_point_v<scalar_t>) {
+    for (; i + 2 * W <= n; i += 2 * W) {
+      auto [x0, x1] = at::vec::convert_to_float<scalar_t>(Vec::loadu(p + i));
+      auto [x2, x3] = at::vec::convert_to_float<scalar_t>(Vec::loadu(p + i + W));
+      a0 = at::vec::fmadd(x0, x0, a0);
+      a1 = at::vec::fmadd(x1, x1, a1);
+      a2 = at::vec::fmadd(x2, x2, a2);
+      a3 = at::vec::fmadd(x3, x3, a3);
+    }
+  } else {
+    for (; i + 4 * W <= n; i += 4 * W) {
+      Vec x0 = Vec::loadu(p + i), x1 = Vec::loadu(p + i + W);
+      Vec x2 = Vec::loadu(p + i + 2 * W), x3 = Vec::loadu(p + i + 3 * W);
+      a0 = at::vec::fmadd(x0, x0, a0);
+      a1 = at::vec::fmadd(x1, x1, a1);
+      a2 = at::vec::fmadd(x2, x2, a2);
+      a3 = at::vec::fmadd(x3, x3, a3);
+    }
+  }
+  aVec a = (a0 + a1) + (a2 + a3);
+  acc_t lanes[aVec::size()];
+  a.store(lanes);
+  acc_t s = 0;
+  for (int64_t k = 0; k < aVec::size(); ++k) s += lanes[k];
+  for (; i < n; ++i) {
+    acc_t x = static_cast<acc_t>(p[i]);
+    s += x * x;
+  }
+  return s;
+}
+
+template <typename scalar_t>
+void scale_into(scalar_t* out, const scalar_t* in, int64_t n, acc_type<scalar_t> c) {
+  using acc_t = acc_type<scalar_t>;
+  using Vec = Vectorized<scalar_t>;
+  constexpr int64_t W = Vec::size();
+  int64_t i = 0;
+  if constexpr (at::vec::is_reduced_floating_point_v<scalar_t>) {
+    Vectorized<float> cv(c);
+    for (; i + W <= n; i += W) {
+      auto [x0, x1] = at::vec::convert_to_float<scalar_t>(Vec::loadu(in + i));
+      at::vec::convert_from_float<scalar_t>(x0 * cv, x1 * cv).store(out + i);
+    }
+  } else {
+    Vec cv(c);
+    for (; i + W <= n; i += W) (Vec::loadu(in + i) * cv).store(out + i);
+  }
+  for (; i < n; ++i) out[i] = static_cast<scalar_t>(static_cast<acc_t>(in[i]) * c);
+}
+
+void check_grads(const at::Tensor& grads, const char* op) {
+  TORCH_CHECK(grads.dim() >= 1, op, ": grads must have a batch dimension, got a 0-d tensor");
+  TORCH_CHECK(at::isFloatingType(grads.scalar_type()), op, ": grads must be floating point, got ",
+              grads.scalar_type());
+}
+
+std::tuple<at::Tensor, at::Tensor> gnp_forward_cpu(const at::Tensor& grads_in, double target,
+                                                   double power, bool one_sided) {
+  check_grads(grads_in, "gnp_forward");
+  at::Tensor grads = as_dense_rows(grads_in);
+  const int64_t B = grads.size(0);
+  const int64_t N = B == 0 ? 0 : grads.numel() / B;
+  const int64_t row_stride = grads.stride(0);
+  auto acc_dtype = grads.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
+  at::Tensor phi = at::empty({B}, grads.options().dtype(acc_dtype));
+  at::Tensor norms = at::empty({B}, grads.options().dtype(acc_dtype));
+  if (B == 0) return {phi, norms};
+  const int64_t chunks = std::max<int64_t>(1, (N + kChunk - 1) / kChunk);
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, grads.scalar_type(), "gnp_forward_cpu", [&] {
+    using acc_t = acc_type<scalar_t>;
+    const scalar_t* g = grads.const_data_ptr<scalar_t>();
+    acc_t* phi_p = phi.mutable_data_ptr<acc_t>();
+    acc_t* norm_p = norms.mutable_data_ptr<acc_t>();
+    const acc_t t = static_cast<acc_t>(target), p = static_cast<acc_t>(power);
+    auto finish_row = [&](int64_t r, acc_t s) {
+      acc_t n = std::sqrt(s);
+      norm_p[r] = n;
+      phi_p[r] = gnp_phi<acc_t>(s, n, t, p, one_sided);
+    };
+    if (chunks == 1) {
+      at::parallel_for(0, B, std::max<int64_t>(1, kChunk / std::max<int64_t>(N, 1)), [&](int64_t b0, int64_t b1) {
+        for (int64_t r = b0; r < b1; ++r) finish_row(r, sum_squares(g + r * row_stride, N));
+      });
+      return;
+    }
+    std::vector<acc_t> partial(B * chunks);
+    at::parallel_for(0, B * chunks, 1, [&](int64_t k0, int64_t k1) {
+      for (int64_t k = k0; k < k1; ++k) {
+        int64_t r = k / chunks, c = k % chunks;
+        int64_t start = c * kChunk, len = std::min(kChunk, N - start);
+        partial[k] = sum_squares(g + r * row_stride + start, len);
+      }
+    });
+    for (int64_t r = 0; r < B; ++r) {
+      acc_t s = 0;
+      for (int64_t c = 0; c < chunks; ++c) s += partial[r * chunks + c];
+      finish_row(r, s);
+    }
+  });
+  return {phi, norms};
+}
+
+at::Tensor gnp_backward_cpu(const at::Tensor& grad_phi, const at::Tensor& grads_in, const at::Tensor& norms,
+                            double target, double power, bool one_sided) {
+  check_grads(grads_in, "gnp_backward");
+  at::Tensor grads = as_dense_rows(grads_in);
+  at::Tensor out = empty_like_rows(grads);
+  const int64_t B = grads.size(0);
+  const int64_t N = B == 0 ? 0 : grads.numel() / B;
+  if (grads.numel() == 0) return out;
+  TORCH_CHECK(grad_phi.numel() == B && norms.numel() == B, "gnp_backward: grad_phi and norms must have ", B,
+              " elements");
+  const int64_t row_stride = grads.stride(0);
+  const int64_t chunks = (N + kChunk - 1) / kChunk;
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, grads.scalar_type(), "gnp_backward_cpu", [&] {
+    using acc_t = acc_type<scalar_t>;
+    auto acc_dtype = c10::CppTypeToScalarType<acc_t>::value;
+    at::Tensor gphi = grad_phi.to(acc_dtype).contiguous();
+    at::Tensor nrm = norms.to(acc_dtype).contiguous();
+    const acc_t* gphi_p = gphi.const_data_ptr<acc_t>();
+    const acc_t* norm_p = nrm.const_data_ptr<acc_t>();
+    const acc_t t = static_cast<acc_t>(target), p = static_cast<acc_t>(power);
+    std::vector<acc_t> coef(B);
+    for (int64_t r = 0; r < B; ++r) coef[r] = gnp_coef<acc_t>(gphi_p[r], norm_p[r], t, p, one_sided);
+    const scalar_t* g = grads.const_data_ptr<scalar_t>();
+    scalar_t* o = out.mutable_data_ptr<scalar_t>();
+    at::parallel_for(0, B * chunks, 1, [&](int64_t k0, int64_t k1) {
+      for (int64_t k = k0; k < k1; ++k) {
+        int64_t r = k / chunks, start = (k % chunks) * kChunk, len = std::min(kChunk, N - start);
+        scale_into(o + r * N + start, g + r * row_stride + start, len, coef[r]);
+      }
+    });
+  });
+  return out;
+}
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(fastgan, CPU, m) {
+  m.impl("gnp_forward", &gnp_forward_cpu);
+  m.impl("gnp_backward", &gnp_backward_cpu);
+}
+
+}  // namespace fastgan

@@ -1,0 +1,25 @@
+"""fastgan: fused kernels for the regularizers that make GANs train.
+
+Per-sample gradient-norm penalties (WGAN-GP, LP, DRAGAN, WGAN-div, R1/R2), spectral
+normalization and weight clipping, with eager reference implementations, C++ CPU, CUDA and
+Triton backends. See README.md and SPEC.md.
+"""
+from . import reference
+from .backend import backends, get_backend, set_backend, use_backend
+from .penalty import (
+    dragan_penalty,
+    grad_norm_penalty,
+    gradient_penalty,
+    lipschitz_penalty,
+    r1_penalty,
+    r2_penalty,
+    wgan_div_penalty,
+)
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "backends", "get_backend", "set_backend", "use_backend", "reference",
+    "grad_norm_penalty", "gradient_penalty", "lipschitz_penalty", "dragan_penalty",
+    "wgan_div_penalty", "r1_penalty", "r2_penalty",
+]

@@ -1,0 +1,56 @@
+"""Loads the compiled ops (fastgan._C) and registers their fake kernels and autograd.
+
+fastgan imports without the extension; ``fastgan.backends()`` then says why "cpu"/"cuda" are
+unavailable and "auto" falls back to the reference implementation.
+"""
+import torch
+
+from ._layout import acc_dtype, as_dense_rows, empty_like_rows
+
+try:
+    from . import _C  # noqa: F401  (importing runs the TORCH_LIBRARY registrations)
+
+    EXT_ERROR = None
+except ImportError as e:  # not built, or built against another torch
+    _C = None
+    EXT_ERROR = f"fastgan._C did not load ({e}); build it with `pip install --no-build-isolation -e .`"
+
+
+def has_kernel(op: str, dispatch_key: str) -> bool:
+    return _C is not None and torch._C._dispatch_has_kernel_for_dispatch_key(f"fastgan::{op}", dispatch_key)
+
+
+# ---------------------------------------------------------------------------------------------
+# gnp_forward / gnp_backward: the per-sample gradient-norm penalty
+def _gnp_forward_fake(grads, target, power, one_sided):
+    b = grads.shape[0]
+    dt = acc_dtype(grads.dtype)
+    return grads.new_empty((b,), dtype=dt), grads.new_empty((b,), dtype=dt)
+
+
+def _gnp_backward_fake(grad_phi, grads, norms, target, power, one_sided):
+    return empty_like_rows(as_dense_rows(grads))
+
+
+def register_gnp(ns: str) -> None:
+    """Fake kernels and autograd for ``{ns}::gnp_forward`` / ``{ns}::gnp_backward``."""
+    backward_op = getattr(getattr(torch.ops, ns), "gnp_backward")
+
+    def setup_context(ctx, inputs, output):
+        grads, target, power, one_sided = inputs
+        ctx.save_for_backward(grads, output[1])
+        ctx.args = (target, power, one_sided)
+        # The norms are returned for logging (return_norms=True); only phi is differentiated.
+        ctx.mark_non_differentiable(output[1])
+
+    def backward(ctx, grad_phi, _grad_norms):
+        grads, norms = ctx.saved_tensors
+        return backward_op(grad_phi, grads, norms, *ctx.args), None, None, None
+
+    torch.library.register_fake(f"{ns}::gnp_forward")(_gnp_forward_fake)
+    torch.library.register_fake(f"{ns}::gnp_backward")(_gnp_backward_fake)
+    torch.library.register_autograd(f"{ns}::gnp_forward", backward, setup_context=setup_context)
+
+
+if _C is not None:
+    register_gnp("fastgan")

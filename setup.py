@@ -1,0 +1,68 @@
+"""Build fastgan and its C++/CUDA extension ``fastgan._C``.
+
+CPU kernels (csrc/*.cpp, csrc/cpu/*.cpp) are always built. CUDA kernels (csrc/cuda/*.cu) are
+built only when torch has CUDA and a CUDA toolkit is found, or when FORCE_CUDA=1.
+Install with ``pip install --no-build-isolation -e .`` so the build uses the torch already
+installed (build isolation would download an unpinned, multi-GB CUDA torch).
+"""
+import glob
+import os
+import platform
+
+from setuptools import find_packages, setup
+from torch.utils import cpp_extension
+
+ROOT = os.path.dirname(os.path.abspath(__file__))
+
+
+def _cpu_has_avx2():
+    if platform.machine() not in ("x86_64", "AMD64"):
+        return False
+    try:
+        with open("/proc/cpuinfo") as f:
+            flags = f.read()
+    except OSError:
+        return False
+    return " avx2" in flags and " fma" in flags
+
+
+def _want_cuda():
+    import torch
+
+    if os.environ.get("FORCE_CUDA", "0") == "1":
+        return True, "FORCE_CUDA=1"
+    if torch.version.cuda is None:
+        return False, "torch was built without CUDA"
+    if cpp_extension.CUDA_HOME is None:
+        return False, "no CUDA toolkit found (set CUDA_HOME)"
+    return True, f"torch CUDA {torch.version.cuda}, toolkit at {cpp_extension.CUDA_HOME}"
+
+
+def extensions():
+    sources = sorted(glob.glob("csrc/*.cpp") + glob.glob("csrc/cpu/*.cpp"))
+    cxx = ["-O3", "-std=c++20", "-g0", "-fopenmp", "-Wno-unknown-pragmas"]
+    # at::vec picks its SIMD width from CPU_CAPABILITY; torch does this by compiling kernels
+    # once per ISA, we compile once for the build machine (the machine that runs it).
+    if os.environ.get("FASTGAN_NO_AVX2", "0") != "1" and _cpu_has_avx2():
+        cxx += ["-mavx2", "-mfma", "-mf16c", "-DCPU_CAPABILITY=AVX2", "-DCPU_CAPABILITY_AVX2"]
+    use_cuda, why = _want_cuda()
+    kwargs = dict(extra_compile_args={"cxx": cxx}, extra_link_args=["-fopenmp"], py_limited_api=True)
+    if use_cuda:
+        sources += sorted(glob.glob("csrc/cuda/*.cu"))
+        kwargs["extra_compile_args"]["nvcc"] = ["-O3", "-std=c++20", "--use_fast_math", "-lineinfo"]
+        kwargs["define_macros"] = [("FASTGAN_WITH_CUDA", None)]
+        ext = cpp_extension.CUDAExtension("fastgan._C", sources, **kwargs)
+    else:
+        ext = cpp_extension.CppExtension("fastgan._C", sources, **kwargs)
+    print(f"fastgan: building CPU kernels; CUDA kernels {'ON' if use_cuda else 'OFF'} ({why})")
+    return [ext]
+
+
+setup(
+    name="fastgan",
+    version="0.1.0",
+    packages=find_packages(include=["fastgan", "fastgan.*"]),
+    ext_modules=extensions(),
+    cmdclass={"build_ext": cpp_extension.BuildExtension},
+    options={"bdist_wheel": {"py_limited_api": "cp39"}},
+)

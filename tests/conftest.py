@@ -1,0 +1,57 @@
+"""Shared test setup.
+
+Triton kernels run on CPU tensors through the interpreter; TRITON_INTERPRET must be set before
+triton is imported, so it is set here when no GPU is visible.
+"""
+import os
+
+import torch
+
+if not torch.cuda.is_available():
+    os.environ.setdefault("TRITON_INTERPRET", "1")
+
+import pytest  # noqa: E402
+
+import fastgan  # noqa: E402
+
+DTYPES = [torch.float64, torch.float32, torch.float16, torch.bfloat16]
+# relative-error tolerances against a float64 computation, per input dtype
+RTOL = {torch.float64: 1e-12, torch.float32: 1e-5, torch.float16: 4e-3, torch.bfloat16: 3e-2}
+
+
+def available_backends(include_reference=False):
+    st = fastgan.backends()
+    names = [n for n in ("cpu", "cuda", "triton") if st[n]["available"]]
+    return (["reference"] if include_reference else []) + names
+
+
+def devices():
+    return ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
+
+
+def backend_devices():
+    """(backend, device) pairs that can run here."""
+    out = []
+    for b in available_backends():
+        for d in devices():
+            if b in ("cpu", "cuda") and b != d:
+                continue
+            out.append((b, d))
+    return out
+
+
+def rel_err(a, b):
+    """max |a - b| / max |b| in float64 (0 when both are zero)."""
+    a, b = a.detach().double(), b.detach().double()
+    den = b.abs().max().clamp_min(torch.finfo(torch.float64).tiny)
+    return float((a - b).abs().max() / den)
+
+
+@pytest.fixture
+def small_triton_blocks(monkeypatch):
+    """Tiny Triton blocks so small test shapes exercise row splitting and loops (interpreter is slow)."""
+    from fastgan._triton import grad_norm
+
+    monkeypatch.setattr(grad_norm, "BLOCK", 16)
+    monkeypatch.setattr(grad_norm, "TARGET_PROGRAMS", 8)
+    monkeypatch.setattr(grad_norm, "FINAL_ROWS", 4)
