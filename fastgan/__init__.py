@@ -15,6 +15,7 @@ from .penalty import (
     r2_penalty,
     wgan_div_penalty,
 )
+from .spectral import apply_spectral_norm, remove_spectral_norm, spectral_norm
 
 __version__ = "0.1.0"
 
@@ -22,4 +23,5 @@ __all__ = [
     "backends", "get_backend", "set_backend", "use_backend", "reference",
     "grad_norm_penalty", "gradient_penalty", "lipschitz_penalty", "dragan_penalty",
     "wgan_div_penalty", "r1_penalty", "r2_penalty",
+    "spectral_norm", "remove_spectral_norm", "apply_spectral_norm",
 ]
