@@ -16,6 +16,7 @@ with ``broadcast_buffers=True`` rewriting the buffers between them, are safe.
 import functools
 
 import torch
+import torch._prims_common
 import torch.nn.functional as F
 from torch import nn
 from torch.nn.utils import parametrize
@@ -40,7 +41,8 @@ def _sn_power_fake(weights, us, vs, dims, n_iter, eps):
 
 def _sn_normalize_fake(weight, u, v, sigma, dim):
     # the kernels keep any dense layout (channels_last) and make other weights contiguous
-    return torch.empty_like(weight) if weight.is_non_overlapping_and_dense() else weight.new_empty(weight.shape)
+    dense = torch._prims_common.is_non_overlapping_and_dense_or_false(weight)
+    return torch.empty_like(weight) if dense else weight.new_empty(weight.shape)
 
 
 def _sn_normalize_backward_fake(grad, weight, u, v, sigma, dim):
