@@ -21,7 +21,7 @@ from fastgan import reference
 
 BACKENDS = available_backends(include_reference=True)
 # the Triton interpreter is ~1000x slower than eager: the long sequences run on the others
-FAST_BACKENDS = [b for b in BACKENDS if b != "triton"]
+FAST_BACKENDS = BACKENDS
 TOL = {torch.float64: 1e-10, torch.float32: 2e-5}
 
 
