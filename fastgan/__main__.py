@@ -29,6 +29,9 @@ def main(argv=None):
     parser = argparse.ArgumentParser(prog="python -m fastgan", description=__doc__)
     sub = parser.add_subparsers(dest="cmd", required=True)
     sub.add_parser("info", help="print versions and available backends").set_defaults(func=info)
+    from . import bench
+
+    bench.add_parser(sub)
     args = parser.parse_args(argv)
     return args.func(args)
 
