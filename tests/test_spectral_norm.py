@@ -20,8 +20,9 @@ import fastgan as fg
 from fastgan import reference
 
 BACKENDS = available_backends(include_reference=True)
-# the Triton interpreter is ~1000x slower than eager: the long sequences run on the others
-FAST_BACKENDS = BACKENDS
+# the Triton interpreter is ~1000x slower than eager: it runs the shorter half of the matrix
+SEQ_CASES = [(b, n, dt) for b in BACKENDS for n in (1, 3) for dt in (torch.float64, torch.float32)
+             if b != "triton" or (n, dt) == (3, torch.float32)]
 TOL = {torch.float64: 1e-10, torch.float32: 2e-5}
 
 
@@ -75,10 +76,8 @@ def assert_same_state(a, b, tol, what=""):
 
 # --------------------------------------------------------------------------------------------
 # drop-in: the same numbers as torch's spectral_norm over a training sequence
-@pytest.mark.parametrize("backend", FAST_BACKENDS)
+@pytest.mark.parametrize("backend, n_iter, dtype", SEQ_CASES)
 @pytest.mark.parametrize("layer", list(LAYERS))
-@pytest.mark.parametrize("n_iter", [1, 3])
-@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
 def test_training_sequence_matches_torch(backend, layer, n_iter, dtype):
     make, inp = LAYERS[layer]
     a, b = twin(make, dtype, backend, n_iter)
@@ -126,7 +125,7 @@ def test_sigma_is_the_largest_singular_value():
     assert abs(float(sv) - 1.0) < 1e-6
 
 
-@pytest.mark.parametrize("backend", FAST_BACKENDS)
+@pytest.mark.parametrize("backend", BACKENDS)
 def test_nan_propagates(backend):
     m = fg.spectral_norm(nn.Linear(5, 4), backend=backend)
     with torch.no_grad():
@@ -175,8 +174,8 @@ def critic_losses(D, real, fake, y):
     return D(fake, y).mean() - D(real, y).mean()
 
 
-@pytest.mark.parametrize("backend", FAST_BACKENDS)
-@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+@pytest.mark.parametrize("backend, dtype", [(b, dt) for b in BACKENDS for dt in (torch.float64, torch.float32)
+                                            if b != "triton" or dt == torch.float32])
 def test_apply_spectral_norm_matches_torch(backend, dtype):
     a, b = critic_pair(dtype, backend, n_iter=2)
     tol = TOL[dtype]
@@ -531,29 +530,30 @@ def test_cuda_graph_capture():
 
 # --------------------------------------------------------------------------------------------
 # DDP: a real 2-process gloo run, two forwards before one backward, broadcast_buffers=True
-def _ddp_worker(rank, world, port, path, batched):
+def _ddp_worker(rank, world, port, path):
     import torch.distributed as dist
 
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
     torch.set_num_threads(1)
     dist.init_process_group("gloo", rank=rank, world_size=world)
     try:
-        torch.manual_seed(0)
-        D = Critic()
-        if batched:
-            fg.apply_spectral_norm(D)
-        else:
-            for m in (D.c1, D.c2, D.up, D.fc, D.emb):
-                fg.spectral_norm(m)
-        ddp = torch.nn.parallel.DistributedDataParallel(D, broadcast_buffers=True)
-        opt = torch.optim.SGD(ddp.parameters(), lr=0.05)
-        for step in range(3):
-            real, fake, y = _ddp_batch(step, rank)
-            loss = critic_losses(ddp, real, fake, y)
-            opt.zero_grad()
-            loss.backward()
-            opt.step()
-        torch.save({k: t.detach().clone() for k, t in D.state_dict().items()}, f"{path}.{rank}")
+        for batched in (False, True):
+            torch.manual_seed(0)
+            D = Critic()
+            if batched:
+                fg.apply_spectral_norm(D)
+            else:
+                for m in (D.c1, D.c2, D.up, D.fc, D.emb):
+                    fg.spectral_norm(m)
+            ddp = torch.nn.parallel.DistributedDataParallel(D, broadcast_buffers=True)
+            opt = torch.optim.SGD(ddp.parameters(), lr=0.05)
+            for step in range(3):
+                real, fake, y = _ddp_batch(step, rank)
+                loss = critic_losses(ddp, real, fake, y)
+                opt.zero_grad()
+                loss.backward()
+                opt.step()
+            torch.save({k: t.detach().clone() for k, t in D.state_dict().items()}, f"{path}.{batched}.{rank}")
     finally:
         dist.destroy_process_group()
 
@@ -570,20 +570,20 @@ def _free_port():
         return s.getsockname()[1]
 
 
-@pytest.mark.parametrize("batched", [False, True])
-def test_ddp_two_forwards_broadcast_buffers(batched):
+def test_ddp_two_forwards_broadcast_buffers():
+    """Per-layer and batched spectral norm under 2-process gloo DDP (one spawn for both)."""
     import torch.multiprocessing as mp
 
     with tempfile.TemporaryDirectory() as tmp:
         path = os.path.join(tmp, "state")
-        ctx = mp.spawn(_ddp_worker, args=(2, _free_port(), path, batched), nprocs=2, join=False)
+        ctx = mp.spawn(_ddp_worker, args=(2, _free_port(), path), nprocs=2, join=False)
         deadline = time.monotonic() + 120
         while not ctx.join(timeout=5):
             if time.monotonic() > deadline:
                 for p in ctx.processes:
                     p.kill()
                 pytest.fail("DDP workers did not finish within 120 s")
-        states = [torch.load(f"{path}.{r}") for r in range(2)]
+        states = [torch.load(f"{path}.{batched}.{r}") for batched in (False, True) for r in range(2)]
     # lockstep single-process replay: both replicas see the same weights, so the same power
     # iterations; DDP averages the gradients
     torch.manual_seed(0)
@@ -603,7 +603,7 @@ def test_ddp_two_forwards_broadcast_buffers(batched):
         for o in opts:
             o.step()
     expected = replicas[0].state_dict()
-    for rank in range(2):
-        assert list(states[rank]) == list(expected)
+    for i, state in enumerate(states):  # per-layer rank 0, 1; batched rank 0, 1
+        assert list(state) == list(expected)
         for k in expected:
-            assert rel_err(states[rank][k], expected[k]) <= 1e-5, (rank, k)
+            assert rel_err(state[k], expected[k]) <= 1e-5, (i, k)
