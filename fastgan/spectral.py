@@ -49,8 +49,10 @@ def _sn_normalize_backward_fake(grad, weight, u, v, sigma, dim):
     return weight.new_empty(weight.shape)
 
 
-def register_sn(ns: str) -> None:
-    """Fake kernels for ``{ns}::sn_*`` and the autograd of ``{ns}::sn_normalize``."""
+def register_sn(ns: str, autograd: bool = True) -> None:
+    """Fake kernels for ``{ns}::sn_*`` and (``autograd``) the autograd of ``{ns}::sn_normalize``.
+    The C++ ops register their autograd in C++ (csrc/spectral_norm_autograd.cpp): it is per layer
+    per forward, and the Python path costs more than the kernel."""
     backward_op = getattr(torch.ops, ns).sn_normalize_backward
 
     def setup_context(ctx, inputs, output):
@@ -65,11 +67,12 @@ def register_sn(ns: str) -> None:
     torch.library.register_fake(f"{ns}::sn_power")(_sn_power_fake)
     torch.library.register_fake(f"{ns}::sn_normalize")(_sn_normalize_fake)
     torch.library.register_fake(f"{ns}::sn_normalize_backward")(_sn_normalize_backward_fake)
-    torch.library.register_autograd(f"{ns}::sn_normalize", backward, setup_context=setup_context)
+    if autograd:
+        torch.library.register_autograd(f"{ns}::sn_normalize", backward, setup_context=setup_context)
 
 
 if _ext.has_kernel("sn_power", "CPU"):
-    register_sn("fastgan")
+    register_sn("fastgan", autograd=False)
 
 
 # ---------------------------------------------------------------------------------------------

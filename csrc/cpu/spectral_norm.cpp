@@ -1,9 +1,9 @@
 // CPU kernels of spectral normalization.
 //
 // sn_power: the whole power iteration of one weight (W v, normalize, W^T u, normalize, sigma) in
-// two parallel passes over W per iteration, for every layer of a model in one call. Torch needs
-// ~12 ops per layer and three passes over W (the third for sigma = u^T W v); here sigma comes for
-// free: with s = W^T u and v = s / max(|s|, eps), u^T W v = s.v = |s|^2 / max(|s|, eps).
+// one parallel sweep over W per iteration (see sweep()), for every layer of a model in one call.
+// Torch needs ~12 ops per layer and three passes over W (the third for sigma = u^T W v); here
+// sigma comes for free: with s = W^T u and v = s / max(|s|, eps), u^T W v = |s|^2 / max(|s|, eps).
 // sn_normalize / sn_normalize_backward: W / sigma and its gradient through sigma = u^T W v, one
 // pass forward and two backward. float16/bfloat16 weights are computed in float32.
 #include <ATen/Dispatch.h>
@@ -26,7 +26,10 @@ using at::vec::Vectorized;
 
 // Elements of W per parallel task; smaller layers run on the calling thread.
 constexpr int64_t kGrain = 32768;
-// Columns of W_mat^T u computed by one task (its slice of s stays in L1).
+// Elements of W per chunk of the power-iteration sweep (512 KB of float32): W v and W^T (W v)
+// read it while it is in L2.
+constexpr int64_t kChunk = 131072;
+// Columns of the W^T t partial sums updated per sweep over a chunk's rows (L1-resident).
 constexpr int64_t kColBlock = 512;
 
 template <typename T>
@@ -92,35 +95,52 @@ void mat_vec(const T* W, const SnMat& m, const T* v, T* t) {
   });
 }
 
-// s = W_mat^T u, by column blocks (each task owns its slice of s: no reduction across threads,
-// results independent of the thread count)
+// One power iteration in ONE sweep over W: rows are taken in cache-sized chunks; each chunk gives
+// t = W_c v (its rows of W v) and, while W_c is still in cache, adds W_c^T t into its own slice of
+// partial sums. Since u = t / d with d = max(|t|, eps), W^T u = (sum over chunks of W_c^T t_c) / d.
+// Chunk boundaries do not depend on the thread count, and partials are added in chunk order, so
+// the result is deterministic. Returns |s|^2 with s = W^T u left in v (not yet normalized).
 template <typename T>
-void mat_t_vec(const T* W, const SnMat& m, const T* u, T* s) {
-  const int64_t kb = std::min<int64_t>(m.K, kColBlock);
-  const int64_t nkb = (m.K + kb - 1) / kb;
-  const int64_t grain = std::max<int64_t>(1, kGrain / std::max<int64_t>(m.h * kb, 1));
-  at::parallel_for(0, m.A * nkb, grain, [&](int64_t t0, int64_t t1) {
-    for (int64_t task = t0; task < t1; ++task) {
-      const int64_t a = task / nkb, k0 = (task % nkb) * kb, len = std::min(kb, m.K - k0);
-      T* out = s + a * m.K + k0;
-      std::fill(out, out + len, T(0));
-      const T* base = W + a * m.h * m.K + k0;
-      int64_t i = 0;
-      for (; i + 4 <= m.h; i += 4)
-        axpy4(out, base + i * m.K, base + (i + 1) * m.K, base + (i + 2) * m.K, base + (i + 3) * m.K, u[i], u[i + 1],
-              u[i + 2], u[i + 3], len);
-      for (; i < m.h; ++i) axpy(out, base + i * m.K, u[i], len);
+T sweep(const T* W, const SnMat& m, T* u, T* v, std::vector<T>& partial, double eps) {
+  const int64_t w = m.cols();
+  const int64_t rows = std::max<int64_t>(1, kChunk / std::max<int64_t>(w, 1));
+  const int64_t chunks = (m.h + rows - 1) / rows;
+  partial.assign(chunks * w, T(0));
+  at::parallel_for(0, chunks, 1, [&](int64_t c0, int64_t c1) {
+    for (int64_t c = c0; c < c1; ++c) {
+      const int64_t i0 = c * rows, i1 = std::min(m.h, i0 + rows);
+      T* ps = partial.data() + c * w;
+      for (int64_t i = i0; i < i1; ++i) {
+        T acc = 0;
+        for (int64_t a = 0; a < m.A; ++a) acc += dot(W + (a * m.h + i) * m.K, v + a * m.K, m.K);
+        u[i] = acc;
+      }
+      // column blocks keep their slice of the partial sums in L1
+      for (int64_t a = 0; a < m.A; ++a) {
+        for (int64_t k0 = 0; k0 < m.K; k0 += kColBlock) {
+          const int64_t len = std::min(kColBlock, m.K - k0);
+          const T* base = W + a * m.h * m.K + k0;
+          T* out = ps + a * m.K + k0;
+          int64_t i = i0;
+          for (; i + 4 <= i1; i += 4)
+            axpy4(out, base + i * m.K, base + (i + 1) * m.K, base + (i + 2) * m.K, base + (i + 3) * m.K, u[i],
+                  u[i + 1], u[i + 2], u[i + 3], len);
+          for (; i < i1; ++i) axpy(out, base + i * m.K, u[i], len);
+        }
+      }
     }
   });
-}
-
-// x <- x / max(|x|, eps), like F.normalize; returns |x|^2
-template <typename T>
-T normalize(T* x, int64_t n, double eps) {
-  const T ss = dot(x, x, n);
-  const T d = std::max(std::sqrt(ss), static_cast<T>(eps));
-  for (int64_t i = 0; i < n; ++i) x[i] = x[i] / d;
-  return ss;
+  const T d = std::max(std::sqrt(dot(u, u, m.h)), static_cast<T>(eps));
+  for (int64_t i = 0; i < m.h; ++i) u[i] = u[i] / d;
+  // s = (sum of partials) / d, by column blocks, chunks in order
+  at::parallel_for(0, w, std::max<int64_t>(1, kGrain / std::max<int64_t>(chunks, 1)), [&](int64_t j0, int64_t j1) {
+    for (int64_t j = j0; j < j1; ++j) {
+      T acc = 0;
+      for (int64_t c = 0; c < chunks; ++c) acc += partial[c * w + j];
+      v[j] = acc / d;
+    }
+  });
+  return dot(v, v, w);
 }
 
 // One layer: u, v hold the current vectors and are updated in place; returns sigma.
@@ -132,12 +152,12 @@ T power_layer(const T* W, const SnMat& m, T* u, T* v, int64_t n_iter, double eps
     return dot(u, t.data(), m.h);
   }
   T sigma = 0;
+  std::vector<T> partial;
   for (int64_t it = 0; it < n_iter; ++it) {
-    mat_vec(W, m, v, u);
-    normalize(u, m.h, eps);
-    mat_t_vec(W, m, u, v);
-    const T ss = normalize(v, m.cols(), eps);
-    sigma = ss / std::max(std::sqrt(ss), static_cast<T>(eps));
+    const T ss = sweep(W, m, u, v, partial, eps);
+    const T d = std::max(std::sqrt(ss), static_cast<T>(eps));
+    for (int64_t j = 0; j < m.cols(); ++j) v[j] = v[j] / d;
+    sigma = ss / d;  // u^T W v = s.v = |s|^2 / max(|s|, eps)
   }
   return sigma;
 }
