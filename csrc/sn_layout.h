@@ -45,4 +45,14 @@ inline void sn_check_lists(at::TensorList weights, at::TensorList us, at::Tensor
   }
 }
 
+inline SnMat sn_check_backward(const at::Tensor& grad, const at::Tensor& weight, const at::Tensor& u,
+                               const at::Tensor& v, int64_t dim) {
+  TORCH_CHECK(grad.sizes() == weight.sizes(), "sn_normalize_backward: grad has shape ", grad.sizes(),
+              ", weight ", weight.sizes());
+  const SnMat m = sn_mat(weight, dim);
+  TORCH_CHECK(u.numel() == m.h && v.numel() == m.cols(), "sn_normalize_backward: u must have ", m.h,
+              " elements and v ", m.cols());
+  return m;
+}
+
 }  // namespace fastgan

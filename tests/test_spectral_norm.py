@@ -151,6 +151,17 @@ class Critic(nn.Module):
         return self.fc(h).squeeze(1) + (self.emb(y) * h).sum(1)
 
 
+def fg_critic(batched, backend="auto"):
+    """Critic() with fastgan spectral norm on every layer: batched, or one layer at a time."""
+    torch.manual_seed(0)
+    D = Critic()
+    if batched:
+        return fg.apply_spectral_norm(D, backend=backend)
+    for m in (D.c1, D.c2, D.up, D.fc, D.emb):
+        fg.spectral_norm(m, backend=backend)
+    return D
+
+
 def torch_sn_all(model, n_iter=1):
     for m in model.modules():
         if isinstance(m, (nn.Linear, nn.Conv2d, nn.ConvTranspose2d, nn.Embedding)):
@@ -471,13 +482,7 @@ def test_autocast(amp_dtype):
 def test_two_forwards_then_backward_with_buffer_rewrite(batched):
     """D(real), D(fake), then buffers rewritten in place (what DDP's broadcast_buffers does before the
     second forward), then one backward: no 'modified by an inplace operation' (pytorch 22095)."""
-    torch.manual_seed(0)
-    D = Critic()
-    if batched:
-        fg.apply_spectral_norm(D)
-    else:
-        for m in (D.c1, D.c2, D.up, D.fc, D.emb):
-            fg.spectral_norm(m)
+    D = fg_critic(batched)
     y = torch.randint(0, 3, (2,))
     out_real = D(torch.randn(2, 3, 8, 8), y)
     with torch.no_grad():
@@ -490,15 +495,9 @@ def test_two_forwards_then_backward_with_buffer_rewrite(batched):
 
 @pytest.mark.parametrize("batched", [False, True])
 def test_torch_compile_fullgraph(batched):
+    D = fg_critic(batched, backend="cpu")
     torch.manual_seed(0)
-    D = Critic()
-    D_ref = copy.deepcopy(D)
-    if batched:
-        fg.apply_spectral_norm(D, backend="cpu")
-    else:
-        for m in (D.c1, D.c2, D.up, D.fc, D.emb):
-            fg.spectral_norm(m, backend="cpu")
-    torch.manual_seed(1)
+    D_ref = Critic()
     torch_sn_all(D_ref)
     D_ref.load_state_dict(D.state_dict())
     compiled = torch.compile(D, fullgraph=True, backend="aot_eager")
@@ -538,13 +537,7 @@ def _ddp_worker(rank, world, port, path):
     dist.init_process_group("gloo", rank=rank, world_size=world)
     try:
         for batched in (False, True):
-            torch.manual_seed(0)
-            D = Critic()
-            if batched:
-                fg.apply_spectral_norm(D)
-            else:
-                for m in (D.c1, D.c2, D.up, D.fc, D.emb):
-                    fg.spectral_norm(m)
+            D = fg_critic(batched)
             ddp = torch.nn.parallel.DistributedDataParallel(D, broadcast_buffers=True)
             opt = torch.optim.SGD(ddp.parameters(), lr=0.05)
             for step in range(3):
@@ -586,10 +579,7 @@ def test_ddp_two_forwards_broadcast_buffers():
         states = [torch.load(f"{path}.{batched}.{r}") for batched in (False, True) for r in range(2)]
     # lockstep single-process replay: both replicas see the same weights, so the same power
     # iterations; DDP averages the gradients
-    torch.manual_seed(0)
-    replicas = [Critic()]
-    for m in (replicas[0].c1, replicas[0].c2, replicas[0].up, replicas[0].fc, replicas[0].emb):
-        fg.spectral_norm(m)
+    replicas = [fg_critic(False)]
     replicas.append(copy.deepcopy(replicas[0]))
     opts = [torch.optim.SGD(r.parameters(), lr=0.05) for r in replicas]
     for step in range(3):

@@ -223,11 +223,7 @@ at::Tensor sn_normalize_cpu(const at::Tensor& weight, const at::Tensor& u, const
 
 at::Tensor sn_normalize_backward_cpu(const at::Tensor& grad, const at::Tensor& weight, const at::Tensor& u,
                                      const at::Tensor& v, const at::Tensor& sigma, int64_t dim) {
-  TORCH_CHECK(grad.sizes() == weight.sizes(), "sn_normalize_backward: grad has shape ", grad.sizes(),
-              ", weight ", weight.sizes());
-  const SnMat m = sn_mat(weight, dim);
-  TORCH_CHECK(u.numel() == m.h && v.numel() == m.cols(), "sn_normalize_backward: u must have ", m.h,
-              " elements and v ", m.cols());
+  const SnMat m = sn_check_backward(grad, weight, u, v, dim);
   const auto ct = compute_type(weight.scalar_type());
   at::Tensor g = grad.to(ct).contiguous(), w = weight.to(ct).contiguous();
   at::Tensor uc = u.to(ct).contiguous(), vc = v.to(ct).contiguous();

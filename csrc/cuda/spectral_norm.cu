@@ -245,11 +245,7 @@ __global__ void __launch_bounds__(kElemThreads) sn_normalize_bwd_kernel(const sc
 
 at::Tensor sn_normalize_backward_cuda(const at::Tensor& grad, const at::Tensor& weight, const at::Tensor& u,
                                       const at::Tensor& v, const at::Tensor& sigma, int64_t dim) {
-  TORCH_CHECK(grad.sizes() == weight.sizes(), "sn_normalize_backward: grad has shape ", grad.sizes(),
-              ", weight ", weight.sizes());
-  const SnMat m = sn_mat(weight, dim);
-  TORCH_CHECK(u.numel() == m.h && v.numel() == m.cols(), "sn_normalize_backward: u must have ", m.h,
-              " elements and v ", m.cols());
+  const SnMat m = sn_check_backward(grad, weight, u, v, dim);
   c10::cuda::CUDAGuard guard(weight.device());
   at::Tensor g = grad.to(weight.scalar_type()).contiguous(), w = weight.contiguous();
   at::Tensor out = at::empty(weight.sizes(), w.options());

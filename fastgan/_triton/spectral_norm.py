@@ -43,6 +43,18 @@ def _w_tile(w_ptr, rows, cols, H, K, WC):
 
 
 @triton.jit
+def _rows_mv(w_ptr, v_ptr, rows, H, K, WC, BW: tl.constexpr, ACC: tl.constexpr):
+    """(W_mat v)[rows]"""
+    t = tl.zeros(rows.shape, dtype=ACC)
+    for j0 in range(0, WC, BW):
+        cols = j0 + tl.arange(0, BW)
+        w, _ = _w_tile(w_ptr, rows, cols, H, K, WC)
+        v = tl.load(v_ptr + cols, mask=cols < WC, other=0.0)
+        t += tl.sum(w.to(ACC) * v[None, :], axis=1)
+    return t
+
+
+@triton.jit
 def _power(w_ptr, u_ptr, v_ptr, sigma_ptr, H, K, WC, n_iter, eps,
            BH: tl.constexpr, BW: tl.constexpr, ACC: tl.constexpr):
     # u_ptr, v_ptr: working copies in the accumulation dtype, updated in place
@@ -50,12 +62,7 @@ def _power(w_ptr, u_ptr, v_ptr, sigma_ptr, H, K, WC, n_iter, eps,
         acc = tl.zeros((BH,), dtype=ACC)
         for i0 in range(0, H, BH):
             rows = i0 + tl.arange(0, BH)
-            t = tl.zeros((BH,), dtype=ACC)
-            for j0 in range(0, WC, BW):
-                cols = j0 + tl.arange(0, BW)
-                w, _ = _w_tile(w_ptr, rows, cols, H, K, WC)
-                v = tl.load(v_ptr + cols, mask=cols < WC, other=0.0)
-                t += tl.sum(w.to(ACC) * v[None, :], axis=1)
+            t = _rows_mv(w_ptr, v_ptr, rows, H, K, WC, BW, ACC)
             acc += t * tl.load(u_ptr + rows, mask=rows < H, other=0.0)
         tl.store(sigma_ptr, tl.sum(acc, axis=0))
     for _ in range(n_iter):
@@ -63,12 +70,7 @@ def _power(w_ptr, u_ptr, v_ptr, sigma_ptr, H, K, WC, n_iter, eps,
         ss = tl.zeros((BH,), dtype=ACC)
         for i0 in range(0, H, BH):
             rows = i0 + tl.arange(0, BH)
-            t = tl.zeros((BH,), dtype=ACC)
-            for j0 in range(0, WC, BW):
-                cols = j0 + tl.arange(0, BW)
-                w, _ = _w_tile(w_ptr, rows, cols, H, K, WC)
-                v = tl.load(v_ptr + cols, mask=cols < WC, other=0.0)
-                t += tl.sum(w.to(ACC) * v[None, :], axis=1)
+            t = _rows_mv(w_ptr, v_ptr, rows, H, K, WC, BW, ACC)
             tl.store(u_ptr + rows, t, mask=rows < H)
             ss += t * t
         d = tl.maximum(tl.sqrt(tl.sum(ss, axis=0)), eps)
