@@ -16,8 +16,9 @@ inline void clip_check_args(at::TensorList tensors, double lo, double hi, c10::D
   for (size_t i = 0; i < tensors.size(); ++i) {
     const at::Tensor& t = tensors[i];
     TORCH_CHECK_TYPE(t.defined(), "clip_weights_: tensors[", i, "] is undefined");
-    TORCH_CHECK_TYPE(at::isFloatingType(t.scalar_type()), "clip_weights_: tensors[", i,
-                     "] must be floating point, got ", t.scalar_type());
+    const auto dt = t.scalar_type();
+    TORCH_CHECK_TYPE(dt == at::kFloat || dt == at::kDouble || dt == at::kHalf || dt == at::kBFloat16,
+                     "clip_weights_: tensors[", i, "] must be float16/bfloat16/float32/float64, got ", dt);
     TORCH_CHECK_VALUE(t.device().type() == device_type, "clip_weights_: tensors[", i, "] is on ", t.device(),
                       ", expected ", c10::DeviceTypeName(device_type));
   }

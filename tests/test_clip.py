@@ -333,11 +333,9 @@ def test_opcheck(name, op):
 
 @pytest.mark.parametrize("backend", ["reference"] + [n for n, _ in ops()])
 def test_torch_compile_fullgraph(backend):
-    from fastgan import clip
-
-    ws = [torch.randn(5, 3), torch.randn(40)]
+    ws = [torch.randn(5, 3), torch.randn(40, dtype=torch.float64), torch.randn(4, 6).t()]
     want = [expected(w, -0.5, 0.5) for w in ws]
-    run = lambda ts: clip._run(backend, ts, -0.5, 0.5)  # noqa: E731
-    torch.compile(run, fullgraph=True, backend="eager")(ws)
+    run = lambda ts: fg.clip_weights_(ts, 0.5, backend=backend)  # noqa: E731
+    torch.compile(run, fullgraph=True, backend="aot_eager")(ws)
     for w, e in zip(ws, want):
         assert_same(w, e)
