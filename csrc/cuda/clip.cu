@@ -15,6 +15,7 @@
 #include <vector>
 
 #include "../clip.h"
+#include "vec.cuh"
 
 namespace fastgan {
 namespace {
@@ -31,14 +32,6 @@ struct ClipTable {
   int64_t numel[kMaxTensors];
   unsigned char block_tensor[kMaxBlocks];
   int block_chunk[kMaxBlocks];
-};
-
-template <typename scalar_t>
-using acc_type = std::conditional_t<std::is_same_v<scalar_t, double>, double, float>;
-
-template <typename T, int N>
-struct alignas(sizeof(T) * N) Pack {
-  T v[N];
 };
 
 // Compared in float (double): exact, and the stored bound is the bound rounded to scalar_t, as
