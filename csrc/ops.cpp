@@ -35,4 +35,7 @@ TORCH_LIBRARY(fastgan, m) {
   // dW = grad / sigma - <grad, W> / sigma^2 * u v^T (u v^T laid out like W), contiguous.
   m.def("sn_normalize_backward(Tensor grad, Tensor weight, Tensor u, Tensor v, Tensor sigma, int dim) -> Tensor");
   // --- weight clipping (issue 5) ---
+  // In place: every tensor of the list becomes clamp(t, lo, hi) (NaN stays NaN), storage kept.
+  // One call for the whole list; kernels group it by (device, dtype) themselves.
+  m.def("clip_weights_(Tensor(a!)[] tensors, float lo, float hi) -> ()");
 }

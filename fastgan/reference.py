@@ -66,3 +66,21 @@ def sn_normalize(weight, u, v, dim):
     """``W / sigma`` with ``sigma = u^T W_mat v`` differentiable in W only (u, v constants)."""
     sigma = torch.vdot(u, torch.mv(sn_weight_matrix(weight, dim), v))
     return weight / sigma
+
+
+# ---------------------------------------------------------------------------------------------
+# weight clipping (issue 5): two eager baselines, both kept for the benchmarks
+def clip_weights_foreach_(tensors, lo, hi):
+    """In place ``t <- clamp(t, lo, hi)`` for a list: two foreach passes (the fastest eager code)."""
+    if not tensors:
+        return
+    with torch.no_grad():
+        torch._foreach_clamp_min_(tensors, lo)
+        torch._foreach_clamp_max_(tensors, hi)
+
+
+def clip_weights_loop_(tensors, lo, hi):
+    """In place ``t <- clamp(t, lo, hi)``, one kernel per tensor (the public WGAN code)."""
+    with torch.no_grad():
+        for t in tensors:
+            t.clamp_(lo, hi)
