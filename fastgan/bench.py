@@ -6,6 +6,7 @@ available fastgan backend; checks each result against the eager one; and reports
 20/80 percentiles, speedups, and achieved bandwidth (bytes that must move / time) as a fraction of
 a copy measured in the same run. Writes ``results.json``, ``results.md`` and ``speedup.png``.
 """
+import copy
 import dataclasses
 import datetime
 import json
@@ -19,6 +20,8 @@ from typing import Callable
 import torch
 
 import fastgan as fg
+
+from ._bench_models import SNGANResNetCritic, dcgan_critic, mlp_critic
 
 # -------------------------------------------------------------------------------------------------
 # timing
@@ -84,6 +87,7 @@ class Case:
     nbytes: int = 0  # bytes that must move (0: no byte model, e.g. whole steps)
     skipped: dict = dataclasses.field(default_factory=dict)  # name -> why it did not run
     check: Callable = None  # (out, ref) -> bool
+    unchecked: tuple = ()  # rows that compute something else by design (e.g. the no-SN floor)
 
 
 def _flat(out):
@@ -163,27 +167,6 @@ def primitive_cases(device, quick):
                    dict(skipped, **({"compile": why} if why else {})), _close(2e-5))
 
 
-def _dcgan_critic(ch=64):
-    from torch import nn
-
-    return nn.Sequential(
-        nn.Conv2d(3, ch, 4, 2, 1), nn.LeakyReLU(0.2),
-        nn.Conv2d(ch, 2 * ch, 4, 2, 1), nn.LeakyReLU(0.2),
-        nn.Conv2d(2 * ch, 4 * ch, 4, 2, 1), nn.LeakyReLU(0.2),
-        nn.Flatten(), nn.Linear(4 * ch * 4 * 4, 1),
-    )
-
-
-def _mlp_critic(d_in, width=512, depth=3):
-    from torch import nn
-
-    layers, d = [], d_in
-    for _ in range(depth):
-        layers += [nn.Linear(d, width), nn.LeakyReLU(0.2)]
-        d = width
-    return nn.Sequential(*layers, nn.Linear(d, 1))
-
-
 def _eager_grad(D, x):
     x = x.requires_grad_(True)
     out = D(x)
@@ -226,7 +209,7 @@ def step_cases(device, quick):
     b_img, b_mlp = (8, 32) if quick else (64, 256)
 
     # WGAN-GP, DCGAN critic on 3x32x32
-    D = _dcgan_critic(16 if quick else 64).to(device)
+    D = dcgan_critic(16 if quick else 64).to(device)
     real, fake = torch.randn(b_img, 3, 32, 32, device=device), torch.randn(b_img, 3, 32, 32, device=device)
     alpha = torch.rand(b_img, device=device)
 
@@ -241,7 +224,7 @@ def step_cases(device, quick):
     yield _step_case("WGAN-GP critic step", f"DCGAN 3x32x32 B={b_img}", D, gp_eager, gp_fast, device, backends, skipped)
 
     # WGAN-GP, MLP critic on 2-D toy data
-    D2 = _mlp_critic(2).to(device)
+    D2 = mlp_critic(2).to(device)
     r2, f2 = torch.randn(b_mlp, 2, device=device), torch.randn(b_mlp, 2, device=device)
     a2 = torch.rand(b_mlp, device=device)
 
@@ -269,7 +252,7 @@ def step_cases(device, quick):
 
     # CTGAN-style packed MLP critic on tabular data (pac=10)
     pac, feats, b_tab = 10, 32 if quick else 128, 50 if quick else 500
-    D3 = _mlp_critic(pac * feats, width=256, depth=2).to(device)
+    D3 = mlp_critic(pac * feats, width=256, depth=2).to(device)
 
     def D3p(x):
         return D3(x.view(-1, pac * feats))
@@ -353,9 +336,8 @@ def wgan_clip_step_cases(device, quick):
     backends, skipped = _fastgan_backends(device)
     b = 8 if quick else 64
     torch.manual_seed(0)
-    D0 = _dcgan_critic(16 if quick else 64).to(device)
+    D0 = dcgan_critic(16 if quick else 64).to(device)
     real, fake = torch.randn(b, 3, 32, 32, device=device), torch.randn(b, 3, 32, 32, device=device)
-    import copy
 
     def make(clip):
         D = copy.deepcopy(D0)
@@ -380,7 +362,73 @@ def wgan_clip_step_cases(device, quick):
                dict(skipped, compile="not measured: the step mutates optimizer state and parameters"), _close(1e-5))
 
 
-CASE_FAMILIES = {"grad_norm_penalty": primitive_cases, "clip_weights": clip_cases,
+def _sn_variants(make, backends):
+    """The same critic (same initial weights and u, v) with torch's spectral norm, fastgan's per
+    layer, fastgan's batched, and none. u, v come from torch's registration and are loaded into
+    the fastgan variants (the state_dict layouts are identical)."""
+    from torch.nn.utils.parametrizations import spectral_norm as torch_sn
+
+    torch.manual_seed(0)
+    plain = make()
+    ref = copy.deepcopy(plain)
+    for m in list(ref.modules()):
+        if isinstance(m, (torch.nn.Linear, torch.nn.Conv2d)):
+            torch_sn(m)
+    out = {"no SN": plain, "eager": ref}
+    for be in backends:
+        per_layer = copy.deepcopy(plain)
+        for m in list(per_layer.modules()):
+            if isinstance(m, (torch.nn.Linear, torch.nn.Conv2d)):
+                fg.spectral_norm(m, backend=be)
+        batched = fg.apply_spectral_norm(copy.deepcopy(plain), backend=be)
+        for name, model in ((f"fastgan:{be} per layer", per_layer), (f"fastgan:{be} batched", batched)):
+            model.load_state_dict(ref.state_dict())
+            out[name] = model
+    return out
+
+
+def sn_cases(device, quick):
+    backends, skipped = _fastgan_backends(device)
+    b = 8 if quick else 64
+    critics = {"DCGAN 3x32x32": lambda: dcgan_critic(16 if quick else 64),
+               "SNGAN-ResNet 3x32x32": lambda: SNGANResNetCritic(16 if quick else 64)}
+    if quick:
+        critics.pop("SNGAN-ResNet 3x32x32")
+    for label, make in critics.items():
+        models = {k: m.to(device).train() for k, m in _sn_variants(make, backends).items()}
+        n_sn = sum(1 for m in models["eager"].modules() if hasattr(m, "parametrizations"))
+        x = torch.randn(b, 3, 32, 32, device=device)
+        y = torch.randn(b, 3, 32, 32, device=device)
+        # forward only, training mode: SN overhead = time(variant) - time("no SN")
+        impls = {name: (lambda m=m: m(x)) for name, m in models.items()}
+        # the rows of a case are checked against "eager" on their first call: "no SN" differs by design
+        yield Case("SN critic forward (training)", f"{label}, {n_sn} SN layers, B={b}", impls, 0,
+                   dict(skipped, compile="not measured for this case (see the SNGAN step)"),
+                   _close(1e-4), unchecked=("no SN",))
+
+        # SNGAN critic step: hinge loss on D(real) and D(fake) (two forwards, one backward)
+        models = {k: m.to(device).train() for k, m in _sn_variants(make, backends).items()}
+        F = torch.nn.functional
+
+        def step(m):
+            params = [p for p in m.parameters()]
+            loss = F.relu(1 - m(x)).mean() + F.relu(1 + m(y)).mean()
+            return torch.autograd.grad(loss, params)
+
+        impls = {name: (lambda m=m: step(m)) for name, m in models.items()}
+        cm = copy.deepcopy(models["eager"])
+        cf = torch.compile(cm)
+        state = copy.deepcopy(cm.state_dict())
+        fn, why = _works(lambda: torch.autograd.grad(
+            F.relu(1 - cf(x)).mean() + F.relu(1 + cf(y)).mean(), list(cm.parameters())), "the torch-SN critic")
+        cm.load_state_dict(state)  # undo the trial's power iterations (in place: cf stays valid)
+        if fn:
+            impls["compile"] = fn
+        yield Case("SNGAN critic step (hinge + SN)", f"{label}, {n_sn} SN layers, B={b}", impls, 0,
+                   dict(skipped, **({"compile": why} if why else {})), _close(1e-4), unchecked=("no SN",))
+
+
+CASE_FAMILIES = {"grad_norm_penalty": primitive_cases, "clip_weights": clip_cases, "spectral_norm": sn_cases,
                  "critic_steps": step_cases, "wgan_clip_step": wgan_clip_step_cases}
 
 # -------------------------------------------------------------------------------------------------
@@ -404,7 +452,7 @@ def run_case(case, device, copy_bw, quick):
     for name, fn in case.impls.items():
         try:
             out = fn()
-            ok = True if name == "eager" else bool(case.check(out, ref))
+            ok = None if name in case.unchecked else (name == "eager" or bool(case.check(out, ref)))
             t = measure(fn, device, min_time=0.05 if quick else 0.3, min_samples=7 if quick else 15)
         except Exception as e:  # noqa: BLE001  (a failing implementation is reported, not fatal)
             rows.append({"op": case.op, "shape": case.shape, "impl": name, "error": f"{type(e).__name__}: {e}"[:200]})
@@ -483,7 +531,7 @@ def markdown(results):
                 f"{'%.2fx' % r['speedup_vs_compile'] if 'speedup_vs_compile' in r else '-'} | "
                 f"{'%.1f' % r['GBps'] if 'GBps' in r else '-'} | "
                 f"{'%.0f%%' % (100 * r['frac_of_copy']) if 'frac_of_copy' in r else '-'} | "
-                f"{'yes' if r['matched'] else '**NO**'} |")
+                f"{'-' if r['matched'] is None else 'yes' if r['matched'] else '**NO**'} |")
         else:
             why = r.get("skipped") or ("error: " + r["error"])
             lines.append(f"| {r['op']} | {r['shape']} | {r['impl']} | - | - | - | - | - | - | - | {why} |")
@@ -535,7 +583,7 @@ def print_table(results):
             vc = f"{r['speedup_vs_compile']:.2f}x" if "speedup_vs_compile" in r else "-"
             fc = f"{100 * r['frac_of_copy']:.0f}%" if "frac_of_copy" in r else "-"
             print(f"{r['op'][:30]:<30} {r['shape'][:28]:<28} {r['impl']:<16} {_fmt_t(r['median_s']):>10} "
-                  f"{r['speedup_vs_eager']:>8.2f}x {vc:>8} {fc:>8}  {'yes' if r['matched'] else 'NO'}")
+                  f"{r['speedup_vs_eager']:>8.2f}x {vc:>8} {fc:>8}  {'-' if r['matched'] is None else 'yes' if r['matched'] else 'NO'}")
         else:
             print(f"{r['op'][:30]:<30} {r['shape'][:28]:<28} {r['impl']:<16} "
                   f"{(r.get('skipped') or 'error: ' + r['error'])[:90]}")
