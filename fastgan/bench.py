@@ -589,6 +589,39 @@ def print_table(results):
                   f"{(r.get('skipped') or 'error: ' + r['error'])[:90]}")
 
 
+# bench op -> (backend.AUTO op key, rows that stand for the "reference" backend)
+AUTO_OPS = {"grad_norm_penalty fwd+bwd": ("grad_norm_penalty", ("eager",)),
+            "clip_weights_": ("clip_weights", ("foreach",)),
+            "SN critic forward (training)": ("spectral_norm", ("eager",))}
+
+
+def suggest_auto(rows, device):
+    """The fastest backend per AUTO op on every measured case; one choice where it never changes."""
+    from .backend import AUTO
+
+    out = {}
+    for op, (key, ref_impls) in AUTO_OPS.items():
+        best = {}
+        for r in rows:
+            if r["op"] != op or "median_s" not in r:
+                continue
+            if r["impl"] in ref_impls:
+                backend = "reference"
+            elif r["impl"].startswith("fastgan:"):
+                backend = r["impl"].split(":")[1].split()[0]
+            else:
+                continue
+            cur = best.get(r["shape"])
+            if cur is None or r["median_s"] < cur[1]:
+                best[r["shape"]] = (backend, r["median_s"])
+        if best:
+            winners = {shape: b for shape, (b, _) in best.items()}
+            choices = set(winners.values())
+            out[key] = {"winners": winners, "choice": choices.pop() if len(choices) == 1 else None,
+                        "current": AUTO.get((key, device.type))}
+    return out
+
+
 def main(args):
     device = torch.device(args.device)
     if device.type == "cuda" and not torch.cuda.is_available():
@@ -612,7 +645,13 @@ def main(args):
     results = {"date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
                "commit": _git_commit(), "quick": args.quick, "machine": _machine(device),
                "backends": fg.backends(), "copy_GBps": copy_bw / 1e9, "rows": rows}
+    results["auto_suggestion"] = suggest_auto(rows, device)
     print_table(results)
+    print("\n\"auto\" (fastgan/backend.py AUTO) against this run's fastest backend per case:")
+    for key, sug in results["auto_suggestion"].items():
+        verdict = (f"one choice, {sug['choice']!r}" if sug["choice"] else "depends on size: " + ", ".join(
+            f"{k}: {v}" for k, v in sug["winners"].items()))
+        print(f"  ({key!r}, {device.type!r}): AUTO has {sug['current']!r}; fastest here: {verdict}")
     os.makedirs(args.out, exist_ok=True)
     with open(os.path.join(args.out, "results.json"), "w") as f:
         json.dump(results, f, indent=1)
