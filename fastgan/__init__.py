@@ -15,6 +15,8 @@ from .penalty import (
     r2_penalty,
     wgan_div_penalty,
 )
+from . import losses
+from .noise import anneal_std, instance_noise
 
 __version__ = "0.1.0"
 
@@ -22,4 +24,5 @@ __all__ = [
     "backends", "get_backend", "set_backend", "use_backend", "reference",
     "grad_norm_penalty", "gradient_penalty", "lipschitz_penalty", "dragan_penalty",
     "wgan_div_penalty", "r1_penalty", "r2_penalty",
+    "losses", "instance_noise", "anneal_std",
 ]
