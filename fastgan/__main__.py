@@ -37,12 +37,15 @@ def _positive_int(text):
 
 
 def demo(args):
+    import torch
+
     from . import demo as d
 
     if os.path.exists(args.out) and not os.path.isdir(args.out):
         print(f"python -m fastgan demo: error: --out {args.out!r} exists and is not a directory", file=sys.stderr)
         return 2
     methods = list(dict.fromkeys(args.method or d.METHODS))
+    torch.set_num_threads(args.threads)
     print(f"fastgan demo: {args.dataset}, methods {', '.join(methods)}, {args.steps} generator steps, "
           f"batch {args.batch_size}, seed {args.seed} -> {args.out}")
     _, table = d.run(args.dataset, methods, steps=args.steps, batch_size=args.batch_size, seed=args.seed,
@@ -69,6 +72,8 @@ def _add_demo(sub):
     p.add_argument("--batch-size", type=_positive_int, default=256)
     p.add_argument("--out", help="output folder (default: demo-results/DATASET)")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--threads", type=_positive_int, default=1,
+                   help="torch CPU threads (default 1: the networks are tiny, more threads only add overhead)")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.set_defaults(func=demo)
 

@@ -32,8 +32,8 @@ DATASETS = ("8gaussians", "25gaussians", "swissroll", "digits")
 N_EVAL = 2500
 MIN_MODE_SAMPLES = 20
 DEFAULT_STEPS = {"8gaussians": 500, "25gaussians": 500, "swissroll": 500, "digits": 500}
-MODE_STD = 0.05
-Z_DIM_2D = 2  # σ of each mixture component; radius-2 circle, grid spacing 2
+MODE_STD = 0.05  # σ of each mixture component; radius-2 circle, grid spacing 2
+Z_DIM_2D = 8  # latent size for the 2-D sets (2 in the WGAN-GP paper: slower to learn in short runs)
 
 
 # --------------------------------------------------------------------------------------------
