@@ -31,7 +31,7 @@ import fastgan as fg
 DATASETS = ("8gaussians", "25gaussians", "swissroll", "digits")
 N_EVAL = 2500
 MIN_MODE_SAMPLES = 20
-DEFAULT_STEPS = {"8gaussians": 500, "25gaussians": 500, "swissroll": 500, "digits": 500}
+DEFAULT_STEPS = {"8gaussians": 500, "25gaussians": 500, "swissroll": 500, "digits": 300}
 MODE_STD = 0.05  # σ of each mixture component; radius-2 circle, grid spacing 2
 Z_DIM_2D = 8  # latent size for the 2-D sets (2 in the WGAN-GP paper: slower to learn in short runs)
 
@@ -157,7 +157,7 @@ def digits_split():
 def make_models(dataset, width=None):
     """(G, D, z_dim): ReLU MLPs as in the WGAN-GP toy experiments (narrower, for CPU)."""
     dim, z_dim = (64, 32) if dataset == "digits" else (2, Z_DIM_2D)
-    width = width or (256 if dataset == "digits" else 64)
+    width = width or (128 if dataset == "digits" else 64)
 
     def mlp(d_in, d_out):
         return nn.Sequential(nn.Linear(d_in, width), nn.ReLU(), nn.Linear(width, width), nn.ReLU(),
