@@ -7,6 +7,7 @@ TRITON_INTERPRET=1). "auto" resolves to the process default set with :func:`set_
 tensor's device (the ``AUTO`` table below) among those available.
 """
 import contextlib
+import functools
 import os
 import threading
 
@@ -40,6 +41,26 @@ def _triton_status():
     return False, "no CUDA device, and TRITON_INTERPRET=1 is not set (the interpreter runs on CPU tensors)"
 
 
+@functools.lru_cache(maxsize=None)
+def _status():
+    out = {"reference": {"available": True, "reason": "eager PyTorch, always available"}}
+    if _ext.EXT_ERROR:
+        out["cpu"] = {"available": False, "reason": _ext.EXT_ERROR}
+        out["cuda"] = {"available": False, "reason": _ext.EXT_ERROR}
+    else:
+        out["cpu"] = {"available": True, "reason": "C++ CPU kernels (fastgan._C)"}
+        if not _ext.has_kernel("gnp_forward", "CUDA"):
+            out["cuda"] = {"available": False, "reason": "fastgan._C was built without CUDA kernels "
+                           "(needs torch with CUDA and a CUDA toolkit at build time, or FORCE_CUDA=1)"}
+        elif not torch.cuda.is_available():
+            out["cuda"] = {"available": False, "reason": "CUDA kernels built, but no CUDA device is visible"}
+        else:
+            out["cuda"] = {"available": True, "reason": "CUDA C++ kernels (fastgan._C)"}
+    ok, why = _triton_status()
+    out["triton"] = {"available": ok, "reason": why}
+    return out
+
+
 def backends() -> dict:
     """Which backends are available here, and why not.
 
@@ -50,33 +71,17 @@ def backends() -> dict:
         >>> fastgan.backends()["cpu"]
         {'available': True, 'reason': 'C++ CPU kernels (fastgan._C)'}
     """
-    out = {"reference": {"available": True, "reason": "eager PyTorch, always available"}}
-    if _ext.EXT_ERROR:
-        out["cpu"] = {"available": False, "reason": _ext.EXT_ERROR}
-    else:
-        out["cpu"] = {"available": True, "reason": "C++ CPU kernels (fastgan._C)"}
-    if _ext.EXT_ERROR:
-        out["cuda"] = {"available": False, "reason": _ext.EXT_ERROR}
-    elif not _ext.has_kernel("gnp_forward", "CUDA"):
-        out["cuda"] = {"available": False, "reason": "fastgan._C was built without CUDA kernels "
-                       "(needs torch with CUDA and a CUDA toolkit at build time, or FORCE_CUDA=1)"}
-    elif not torch.cuda.is_available():
-        out["cuda"] = {"available": False, "reason": "CUDA kernels built, but no CUDA device is visible"}
-    else:
-        out["cuda"] = {"available": True, "reason": "CUDA C++ kernels (fastgan._C)"}
-    ok, why = _triton_status()
-    out["triton"] = {"available": ok, "reason": why}
-    return out
+    return {k: dict(v) for k, v in _status().items()}
 
 
-def _check_name(name, allow_auto=True):
-    valid = BACKENDS + (("auto",) if allow_auto else ())
+def _check_name(name):
+    valid = BACKENDS + ("auto",)
     if not isinstance(name, str) or name not in valid:
         raise ValueError(f"backend must be one of {valid}, got {name!r}")
 
 
 def _require_available(name):
-    info = backends()[name]
+    info = _status()[name]
     if not info["available"]:
         raise RuntimeError(f"backend {name!r} is not available here: {info['reason']}")
 
@@ -120,6 +125,8 @@ def use_backend(name: str):
         stack.pop()
 
 
+# Under torch.compile the choice is made once, while tracing, and baked into the graph.
+@torch.compiler.assume_constant_result
 def resolve(op: str, name, device: torch.device) -> str:
     """The concrete backend that runs ``op`` on ``device`` for the requested ``name``."""
     if name is None:
@@ -129,7 +136,7 @@ def resolve(op: str, name, device: torch.device) -> str:
         name = get_backend()
     if name == "auto":
         choice = AUTO.get((op, device.type), "reference")
-        return choice if backends()[choice]["available"] else "reference"
+        return choice if _status()[choice]["available"] else "reference"
     _require_available(name)
     if name in ("cpu", "cuda") and device.type != name:
         raise ValueError(f"backend {name!r} runs on {name} tensors, got a tensor on {device}")

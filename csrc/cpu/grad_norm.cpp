@@ -23,6 +23,9 @@ using at::vec::Vectorized;
 // use every thread; partial sums are combined in a fixed order, so results do not depend on the
 // thread count.
 constexpr int64_t kChunk = 16384;
+// Below this many elements per task group a parallel region costs more than it saves (ATen's own
+// at::internal::GRAIN_SIZE).
+constexpr int64_t kGrain = 32768;
 
 template <typename scalar_t>
 using acc_type = std::conditional_t<std::is_same_v<scalar_t, double>, double, float>;
@@ -115,13 +118,13 @@ std::tuple<at::Tensor, at::Tensor> gnp_forward_cpu(const at::Tensor& grads_in, d
       phi_p[r] = gnp_phi<acc_t>(s, n, t, p, one_sided);
     };
     if (chunks == 1) {
-      at::parallel_for(0, B, std::max<int64_t>(1, kChunk / std::max<int64_t>(N, 1)), [&](int64_t b0, int64_t b1) {
+      at::parallel_for(0, B, std::max<int64_t>(1, kGrain / std::max<int64_t>(N, 1)), [&](int64_t b0, int64_t b1) {
         for (int64_t r = b0; r < b1; ++r) finish_row(r, sum_squares(g + r * row_stride, N));
       });
       return;
     }
     std::vector<acc_t> partial(B * chunks);
-    at::parallel_for(0, B * chunks, 1, [&](int64_t k0, int64_t k1) {
+    at::parallel_for(0, B * chunks, kGrain / kChunk, [&](int64_t k0, int64_t k1) {
       for (int64_t k = k0; k < k1; ++k) {
         int64_t r = k / chunks, c = k % chunks;
         int64_t start = c * kChunk, len = std::min(kChunk, N - start);
@@ -161,7 +164,8 @@ at::Tensor gnp_backward_cpu(const at::Tensor& grad_phi, const at::Tensor& grads_
     for (int64_t r = 0; r < B; ++r) coef[r] = gnp_coef<acc_t>(gphi_p[r], norm_p[r], t, p, one_sided);
     const scalar_t* g = grads.const_data_ptr<scalar_t>();
     scalar_t* o = out.mutable_data_ptr<scalar_t>();
-    at::parallel_for(0, B * chunks, 1, [&](int64_t k0, int64_t k1) {
+    const int64_t task = std::min(N, kChunk);  // elements per task
+    at::parallel_for(0, B * chunks, std::max<int64_t>(1, kGrain / task), [&](int64_t k0, int64_t k1) {
       for (int64_t k = k0; k < k1; ++k) {
         int64_t r = k / chunks, start = (k % chunks) * kChunk, len = std::min(kChunk, N - start);
         scale_into(o + r * N + start, g + r * row_stride + start, len, coef[r]);

@@ -1,0 +1,499 @@
+"""``python -m fastgan bench``: fastgan vs eager PyTorch vs torch.compile, measured in one run.
+
+For every case (an op at a shape, or a whole critic step) it times the eager reference (the code
+public GAN repositories write), ``torch.compile`` of that reference where it works, and every
+available fastgan backend; checks each result against the eager one; and reports median and
+20/80 percentiles, speedups, and achieved bandwidth (bytes that must move / time) as a fraction of
+a copy measured in the same run. Writes ``results.json``, ``results.md`` and ``speedup.png``.
+"""
+import dataclasses
+import datetime
+import json
+import os
+import platform
+import subprocess
+import sys
+import time
+from typing import Callable
+
+import torch
+
+import fastgan as fg
+
+# -------------------------------------------------------------------------------------------------
+# timing
+
+
+def _sync(device):
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def measure(fn, device, min_time=0.25, min_samples=15, max_samples=200):
+    """Per-call seconds of ``fn``: warm-up, then many samples; each sample times ``k`` calls so that
+    it lasts >= ~0.5 ms (timer resolution). CUDA: events around the calls."""
+    for _ in range(3):
+        fn()
+    _sync(device)
+    t0 = time.perf_counter()
+    fn()
+    _sync(device)
+    one = max(time.perf_counter() - t0, 1e-7)
+    k = max(1, min(1000, int(5e-4 / one)))
+    samples = []
+    deadline = time.perf_counter() + min_time
+    while len(samples) < min_samples or (time.perf_counter() < deadline and len(samples) < max_samples):
+        if device.type == "cuda":
+            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            start.record()
+            for _ in range(k):
+                fn()
+            end.record()
+            end.synchronize()
+            samples.append(start.elapsed_time(end) / 1e3 / k)
+        else:
+            t0 = time.perf_counter()
+            for _ in range(k):
+                fn()
+            samples.append((time.perf_counter() - t0) / k)
+    samples.sort()
+
+    def q(p):
+        return samples[min(len(samples) - 1, int(p * len(samples)))]
+
+    return {"median_s": q(0.5), "p20_s": q(0.2), "p80_s": q(0.8), "samples": len(samples), "calls_per_sample": k}
+
+
+def copy_bandwidth(device, nbytes):
+    """Bytes/s of a device-to-device (or memcpy on CPU) copy of nbytes: read + write counted."""
+    src = torch.empty(nbytes // 4, dtype=torch.float32, device=device).uniform_()
+    dst = torch.empty_like(src)
+    t = measure(lambda: dst.copy_(src), device, min_time=0.3)
+    return 2 * src.numel() * 4 / t["median_s"]
+
+
+# -------------------------------------------------------------------------------------------------
+# cases
+
+
+@dataclasses.dataclass
+class Case:
+    op: str
+    shape: str
+    impls: dict  # name -> zero-arg callable returning the outputs to check
+    nbytes: int = 0  # bytes that must move (0: no byte model, e.g. whole steps)
+    skipped: dict = dataclasses.field(default_factory=dict)  # name -> why it did not run
+    check: Callable = None  # (out, ref) -> bool
+
+
+def _flat(out):
+    if isinstance(out, torch.Tensor):
+        return [out]
+    if out is None:
+        return []
+    return [t for o in out for t in _flat(o)]
+
+
+def _close(tol):
+    def check(out, ref):
+        a, b = _flat(out), _flat(ref)
+        if len(a) != len(b):
+            return False
+        for x, y in zip(a, b):
+            if x is None or y is None:
+                if x is not y:
+                    return False
+                continue
+            x, y = x.detach().double(), y.detach().double()
+            scale = y.abs().max().clamp_min(1e-30)
+            if not bool(((x - y).abs().max() / scale) <= tol):
+                return False
+        return True
+
+    return check
+
+
+def _fastgan_backends(device):
+    st = fg.backends()
+    names = [b for b in ("cpu", "cuda", "triton") if st[b]["available"]]
+    skipped = {f"fastgan:{b}": st[b]["reason"] for b in ("cpu", "cuda", "triton") if not st[b]["available"]}
+    if device.type == "cpu" and "triton" in names:
+        names.remove("triton")
+        skipped["fastgan:triton"] = "Triton runs on CPU only through the interpreter (1000x slower): not timed"
+    names = [b for b in names if b == "triton" or b == device.type]
+    return names, skipped
+
+
+def _works(fn, what):
+    """(fn, None) if fn runs (e.g. a torch.compile'd reference), else (None, why): reported, not hidden."""
+    try:
+        fn()
+        return fn, None
+    except Exception as e:  # noqa: BLE001  (any compile failure is reported in the table)
+        msg = str(e).strip().splitlines()[0][:160] if str(e).strip() else type(e).__name__
+        return None, f"torch.compile of {what} failed: {type(e).__name__}: {msg}"
+
+
+def eager_penalty(g):
+    """WGAN-GP penalty the way public code writes it."""
+    return ((g.view(g.size(0), -1).norm(2, dim=1) - 1) ** 2).mean()
+
+
+def primitive_cases(device, quick):
+    if quick:
+        shapes = [(8, 3 * 16 * 16)]
+    else:
+        shapes = [(64, 3 * 64 * 64), (256, 3 * 32 * 32), (2, 3 * 512 * 512), (1024, 4096)]
+        if device.type == "cuda":  # B * N = 2^24 at every B from 1 to 4096
+            shapes += [(1, 1 << 24), (16, 1 << 20), (256, 1 << 16), (4096, 1 << 12)]
+    backends, skipped = _fastgan_backends(device)
+    for b, n in shapes:
+        g = torch.randn(b, n, device=device, requires_grad=True)
+
+        def eager(g=g):
+            return torch.autograd.grad(eager_penalty(g), g)[0]
+
+        impls = {"eager": eager}
+        cf = torch.compile(eager_penalty)
+        fn, why = _works(lambda g=g, cf=cf: torch.autograd.grad(cf(g), g)[0], "the eager penalty")
+        if fn:
+            impls["compile"] = fn
+        for be in backends:
+            impls[f"fastgan:{be}"] = lambda g=g, be=be: torch.autograd.grad(fg.grad_norm_penalty(g, backend=be), g)[0]
+        # forward reads g, backward reads g and writes dL/dg
+        yield Case("grad_norm_penalty fwd+bwd", f"{b}x{n}", impls, 3 * g.numel() * g.element_size(),
+                   dict(skipped, **({"compile": why} if why else {})), _close(2e-5))
+
+
+def _dcgan_critic(ch=64):
+    from torch import nn
+
+    return nn.Sequential(
+        nn.Conv2d(3, ch, 4, 2, 1), nn.LeakyReLU(0.2),
+        nn.Conv2d(ch, 2 * ch, 4, 2, 1), nn.LeakyReLU(0.2),
+        nn.Conv2d(2 * ch, 4 * ch, 4, 2, 1), nn.LeakyReLU(0.2),
+        nn.Flatten(), nn.Linear(4 * ch * 4 * 4, 1),
+    )
+
+
+def _mlp_critic(d_in, width=512, depth=3):
+    from torch import nn
+
+    layers, d = [], d_in
+    for _ in range(depth):
+        layers += [nn.Linear(d, width), nn.LeakyReLU(0.2)]
+        d = width
+    return nn.Sequential(*layers, nn.Linear(d, 1))
+
+
+def _eager_grad(D, x):
+    x = x.requires_grad_(True)
+    out = D(x)
+    return torch.autograd.grad(out, x, torch.ones_like(out), create_graph=True)[0]
+
+
+def _step_case(op, shape, D, loss_eager, loss_fastgan, device, backends, skipped):
+    params = list(D.parameters())
+
+    def grads(loss):
+        return torch.autograd.grad(loss, params, allow_unused=True)
+
+    impls = {"eager": lambda: grads(loss_eager())}
+
+    import torch._dynamo
+
+    # a whole GP step has double backward inside: dynamo needs trace_autograd_ops for it
+    compiled_step = torch.compile(lambda: grads(loss_eager()))
+
+    def run_compiled():
+        with torch._dynamo.config.patch(trace_autograd_ops=True):
+            return compiled_step()
+
+    fn, why = _works(run_compiled, "the eager step (trace_autograd_ops=True)")
+    if fn:
+        impls["compile"] = fn
+    else:
+        skipped = dict(skipped, compile=why)
+    for be in backends:
+        def run(be=be):
+            with fg.use_backend(be):
+                return grads(loss_fastgan())
+        impls[f"fastgan:{be}"] = run
+    return Case(op, shape, impls, 0, dict(skipped), _close(1e-4))
+
+
+def step_cases(device, quick):
+    backends, skipped = _fastgan_backends(device)
+    torch.manual_seed(0)
+    b_img, b_mlp = (8, 32) if quick else (64, 256)
+
+    # WGAN-GP, DCGAN critic on 3x32x32
+    D = _dcgan_critic(16 if quick else 64).to(device)
+    real, fake = torch.randn(b_img, 3, 32, 32, device=device), torch.randn(b_img, 3, 32, 32, device=device)
+    alpha = torch.rand(b_img, device=device)
+
+    def gp_eager(D=D, real=real, fake=fake, alpha=alpha):
+        a = alpha.view(-1, 1, 1, 1)
+        g = _eager_grad(D, a * real + (1 - a) * fake)
+        return D(fake).mean() - D(real).mean() + 10 * eager_penalty(g)
+
+    def gp_fast(D=D, real=real, fake=fake, alpha=alpha):
+        return D(fake).mean() - D(real).mean() + fg.gradient_penalty(D, real, fake, alpha=alpha)
+
+    yield _step_case("WGAN-GP critic step", f"DCGAN 3x32x32 B={b_img}", D, gp_eager, gp_fast, device, backends, skipped)
+
+    # WGAN-GP, MLP critic on 2-D toy data
+    D2 = _mlp_critic(2).to(device)
+    r2, f2 = torch.randn(b_mlp, 2, device=device), torch.randn(b_mlp, 2, device=device)
+    a2 = torch.rand(b_mlp, device=device)
+
+    def gp2_eager():
+        a = a2.view(-1, 1)
+        g = _eager_grad(D2, a * r2 + (1 - a) * f2)
+        return D2(f2).mean() - D2(r2).mean() + 10 * eager_penalty(g)
+
+    def gp2_fast():
+        return D2(f2).mean() - D2(r2).mean() + fg.gradient_penalty(D2, r2, f2, alpha=a2)
+
+    yield _step_case("WGAN-GP critic step", f"MLP 2-D B={b_mlp}", D2, gp2_eager, gp2_fast, device, backends, skipped)
+
+    # R1 (StyleGAN-style non-saturating loss + R1 on reals)
+    F = torch.nn.functional
+
+    def r1_eager():
+        g = _eager_grad(D, real.clone())
+        return F.softplus(D(fake)).mean() + F.softplus(-D(real)).mean() + 5 * g.square().sum([1, 2, 3]).mean()
+
+    def r1_fast():
+        return F.softplus(D(fake)).mean() + F.softplus(-D(real)).mean() + fg.r1_penalty(D, real, gamma=10.0)
+
+    yield _step_case("R1 critic step", f"DCGAN 3x32x32 B={b_img}", D, r1_eager, r1_fast, device, backends, skipped)
+
+    # CTGAN-style packed MLP critic on tabular data (pac=10)
+    pac, feats, b_tab = 10, 32 if quick else 128, 50 if quick else 500
+    D3 = _mlp_critic(pac * feats, width=256, depth=2).to(device)
+
+    def D3p(x):
+        return D3(x.view(-1, pac * feats))
+
+    rt, ft = torch.randn(b_tab, feats, device=device), torch.randn(b_tab, feats, device=device)
+    at = torch.rand(b_tab // pac, device=device)
+
+    def ct_eager():
+        a = at.repeat_interleave(pac).view(-1, 1)
+        g = _eager_grad(D3p, a * rt + (1 - a) * ft)
+        pen = ((g.view(-1, pac * feats).norm(2, dim=1) - 1) ** 2).mean() * 10
+        return D3p(ft).mean() - D3p(rt).mean() + pen
+
+    def ct_fast():
+        return D3p(ft).mean() - D3p(rt).mean() + fg.gradient_penalty(D3p, rt, ft, alpha=at, pac=pac)
+
+    yield _step_case("CTGAN packed GP critic step", f"pac={pac} {feats} features B={b_tab}", D3, ct_eager, ct_fast,
+                     device, backends, skipped)
+
+
+CASE_FAMILIES = {"grad_norm_penalty": primitive_cases, "critic_steps": step_cases}
+
+# -------------------------------------------------------------------------------------------------
+# running and reporting
+
+
+def _progress(i, n, label):
+    width = 30
+    done = int(width * i / max(n, 1))
+    sys.stderr.write(f"\r[{'#' * done}{'.' * (width - done)}] {i}/{n} {label[:60]:<60}")
+    sys.stderr.flush()
+    if i == n:
+        sys.stderr.write("\n")
+
+
+def run_case(case, device, copy_bw, quick):
+    rows = []
+    ref = case.impls["eager"]()
+    timings = {}
+    for name, fn in case.impls.items():
+        try:
+            out = fn()
+            ok = True if name == "eager" else bool(case.check(out, ref))
+            t = measure(fn, device, min_time=0.05 if quick else 0.3, min_samples=7 if quick else 15)
+        except Exception as e:  # noqa: BLE001  (a failing implementation is reported, not fatal)
+            rows.append({"op": case.op, "shape": case.shape, "impl": name, "error": f"{type(e).__name__}: {e}"[:200]})
+            continue
+        timings[name] = t["median_s"]
+        row = {"op": case.op, "shape": case.shape, "impl": name, "matched": ok, **t}
+        if case.nbytes:
+            row["bytes"] = case.nbytes
+            row["GBps"] = case.nbytes / t["median_s"] / 1e9
+            row["frac_of_copy"] = case.nbytes / t["median_s"] / copy_bw
+        rows.append(row)
+    for row in rows:
+        if "median_s" in row:
+            row["speedup_vs_eager"] = timings["eager"] / row["median_s"]
+            if "compile" in timings:
+                row["speedup_vs_compile"] = timings["compile"] / row["median_s"]
+    for name, why in case.skipped.items():
+        rows.append({"op": case.op, "shape": case.shape, "impl": name, "skipped": why})
+    return rows
+
+
+def _git_commit():
+    try:
+        here = os.path.dirname(os.path.abspath(__file__))
+        out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=here, capture_output=True, text=True, timeout=10)
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=here,
+                               capture_output=True, text=True, timeout=10).stdout.strip()
+        return out.stdout.strip() + ("+dirty" if dirty else "") if out.returncode == 0 else None
+    except OSError:
+        return None
+
+
+def _machine(device):
+    info = {"platform": platform.platform(), "python": platform.python_version(), "torch": torch.__version__,
+            "fastgan": fg.__version__, "device": str(device), "threads": torch.get_num_threads()}
+    try:
+        import triton
+
+        info["triton"] = triton.__version__
+    except ImportError:
+        info["triton"] = None
+    if device.type == "cuda":
+        info["gpu"] = torch.cuda.get_device_name(device)
+        info["cuda"] = torch.version.cuda
+    else:
+        try:
+            with open("/proc/cpuinfo") as f:
+                info["cpu"] = next((ln.split(":", 1)[1].strip() for ln in f if ln.startswith("model name")), None)
+        except OSError:
+            info["cpu"] = platform.processor()
+    return info
+
+
+def _fmt_t(s):
+    return f"{s * 1e6:.0f} us" if s < 1e-3 else f"{s * 1e3:.2f} ms"
+
+
+def markdown(results):
+    m = results["machine"]
+    lines = [
+        f"# fastgan benchmark: {m.get('gpu') or m.get('cpu') or m['device']}",
+        "",
+        f"{results['date']}, commit `{results['commit']}`, torch {m['torch']}, triton {m['triton']}, "
+        f"python {m['python']}, device {m['device']}, {m['threads']} CPU threads"
+        f"{', quick run' if results['quick'] else ''}.",
+        f"Copy bandwidth measured in this run: {results['copy_GBps']:.1f} GB/s (read + write).",
+        "",
+        "| op | shape | impl | median | p20 | p80 | vs eager | vs compile | GB/s | of copy | matched |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for r in results["rows"]:
+        if "median_s" in r:
+            lines.append(
+                f"| {r['op']} | {r['shape']} | {r['impl']} | {_fmt_t(r['median_s'])} | {_fmt_t(r['p20_s'])} | "
+                f"{_fmt_t(r['p80_s'])} | {r['speedup_vs_eager']:.2f}x | "
+                f"{'%.2fx' % r['speedup_vs_compile'] if 'speedup_vs_compile' in r else '-'} | "
+                f"{'%.1f' % r['GBps'] if 'GBps' in r else '-'} | "
+                f"{'%.0f%%' % (100 * r['frac_of_copy']) if 'frac_of_copy' in r else '-'} | "
+                f"{'yes' if r['matched'] else '**NO**'} |")
+        else:
+            why = r.get("skipped") or ("error: " + r["error"])
+            lines.append(f"| {r['op']} | {r['shape']} | {r['impl']} | - | - | - | - | - | - | - | {why} |")
+    return "\n".join(lines) + "\n"
+
+
+def plot(results, path):
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return False
+    rows = [r for r in results["rows"] if "median_s" in r and r["impl"] != "eager"]
+    cases = list(dict.fromkeys(f"{r['op']}\n{r['shape']}" for r in rows))
+    impls = list(dict.fromkeys(r["impl"] for r in rows))
+    fig, ax = plt.subplots(figsize=(max(6, 1.3 * len(cases)), 4.5))
+    w = 0.8 / max(len(impls), 1)
+    for i, impl in enumerate(impls):
+        xs, ys = [], []
+        for j, c in enumerate(cases):
+            for r in rows:
+                if r["impl"] == impl and f"{r['op']}\n{r['shape']}" == c:
+                    xs.append(j + i * w)
+                    ys.append(r["speedup_vs_eager"])
+        ax.bar(xs, ys, w, label=impl)
+    ax.axhline(1.0, color="k", lw=0.8)
+    ax.set_xticks([j + w * (len(impls) - 1) / 2 for j in range(len(cases))])
+    ax.set_xticklabels(cases, fontsize=7, rotation=30, ha="right")
+    ax.set_yscale("log")
+    ax.set_ylabel("speedup vs eager (higher is better)")
+    m = results["machine"]
+    ax.set_title(f"fastgan on {m.get('gpu') or m.get('cpu') or m['device']}", fontsize=9)
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return True
+
+
+def print_table(results):
+    print(f"\ncopy bandwidth: {results['copy_GBps']:.1f} GB/s")
+    hdr = f"{'op':<30} {'shape':<28} {'impl':<16} {'median':>10} {'vs eager':>9} {'vs comp':>8} {'of copy':>8}  ok"
+    print(hdr)
+    print("-" * len(hdr))
+    for r in results["rows"]:
+        if "median_s" in r:
+            vc = f"{r['speedup_vs_compile']:.2f}x" if "speedup_vs_compile" in r else "-"
+            fc = f"{100 * r['frac_of_copy']:.0f}%" if "frac_of_copy" in r else "-"
+            print(f"{r['op'][:30]:<30} {r['shape'][:28]:<28} {r['impl']:<16} {_fmt_t(r['median_s']):>10} "
+                  f"{r['speedup_vs_eager']:>8.2f}x {vc:>8} {fc:>8}  {'yes' if r['matched'] else 'NO'}")
+        else:
+            print(f"{r['op'][:30]:<30} {r['shape'][:28]:<28} {r['impl']:<16} "
+                  f"{(r.get('skipped') or 'error: ' + r['error'])[:90]}")
+
+
+def main(args):
+    device = torch.device(args.device)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        print("error: --device cuda but no CUDA device is visible", file=sys.stderr)
+        return 2
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    families = args.ops or list(CASE_FAMILIES)
+    print(f"fastgan bench on {device} ({torch.get_num_threads()} threads), torch {torch.__version__}")
+    for name, st in fg.backends().items():
+        print(f"  backend {name:<10} {'yes' if st['available'] else 'no '} {st['reason']}")
+    copy_bw = copy_bandwidth(device, (64 << 20) if device.type == "cuda" else (32 << 20))
+    cases = [c for fam in families for c in CASE_FAMILIES[fam](device, args.quick)]
+    rows = []
+    for i, case in enumerate(cases):
+        _progress(i, len(cases), f"{case.op} {case.shape}")
+        rows += run_case(case, device, copy_bw, args.quick)
+    _progress(len(cases), len(cases), "done")
+    results = {"date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+               "commit": _git_commit(), "quick": args.quick, "machine": _machine(device),
+               "backends": fg.backends(), "copy_GBps": copy_bw / 1e9, "rows": rows}
+    print_table(results)
+    os.makedirs(args.out, exist_ok=True)
+    with open(os.path.join(args.out, "results.json"), "w") as f:
+        json.dump(results, f, indent=1)
+    with open(os.path.join(args.out, "results.md"), "w") as f:
+        f.write(markdown(results))
+    png = plot(results, os.path.join(args.out, "speedup.png"))
+    print(f"\nwrote {args.out}/results.json, results.md" + (", speedup.png" if png else " (no matplotlib: no plot)"))
+    bad = [r for r in rows if r.get("matched") is False or "error" in r]
+    if bad:
+        print(f"{len(bad)} result(s) did not match the eager reference or failed; see the table", file=sys.stderr)
+        return 1
+    return 0
+
+
+def add_parser(sub):
+    p = sub.add_parser("bench", help="benchmark fastgan against eager PyTorch and torch.compile")
+    p.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
+    p.add_argument("--quick", action="store_true", help="one tiny shape per op (smoke test, < 2 min on CPU)")
+    p.add_argument("--out", default="bench-results", help="folder for results.json/.md and speedup.png")
+    p.add_argument("--threads", type=int, default=0, help="CPU threads (default: torch's default)")
+    p.add_argument("--ops", nargs="+", choices=list(CASE_FAMILIES), help="case families to run (default: all)")
+    p.set_defaults(func=main)
+    return p
+

@@ -1,0 +1,52 @@
+"""Smoke test of `python -m fastgan bench --quick` (speed is never asserted; the command must not rot)."""
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+
+@pytest.fixture(scope="module")
+def quick_run(tmp_path_factory):
+    out = tmp_path_factory.mktemp("bench")
+    env = dict(os.environ, PYTHONUNBUFFERED="1")
+    env.pop("TRITON_INTERPRET", None)  # as a user runs it
+    res = subprocess.run([sys.executable, "-m", "fastgan", "bench", "--quick", "--out", str(out)],
+                         capture_output=True, text=True, timeout=900, env=env)
+    return res, out
+
+
+def test_quick_bench_runs_and_matches(quick_run):
+    res, out = quick_run
+    assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
+    data = json.loads((out / "results.json").read_text())
+    assert data["machine"]["torch"] and data["copy_GBps"] > 0
+    timed = [r for r in data["rows"] if "median_s" in r]
+    ops = {r["op"] for r in timed}
+    assert "grad_norm_penalty fwd+bwd" in ops and "WGAN-GP critic step" in ops
+    assert all(r["matched"] for r in timed)
+    assert all(r["p20_s"] <= r["median_s"] <= r["p80_s"] for r in timed)
+    # every case has its eager baseline and at least one fastgan implementation timed
+    for op in ops:
+        impls = {r["impl"] for r in timed if r["op"] == op}
+        assert "eager" in impls and any(i.startswith("fastgan:") for i in impls), (op, impls)
+
+
+def test_quick_bench_writes_markdown_and_png(quick_run):
+    _, out = quick_run
+    md = (out / "results.md").read_text()
+    assert md.startswith("# fastgan benchmark") and "| op | shape | impl |" in md
+    png = out / "speedup.png"
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_bench_rejects_cuda_without_gpu(tmp_path):
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("a GPU is visible: --device cuda is valid here")
+    res = subprocess.run([sys.executable, "-m", "fastgan", "bench", "--device", "cuda", "--out", str(tmp_path / "x")],
+                         capture_output=True, text=True, timeout=300)
+    assert res.returncode == 2 and "no CUDA device" in res.stderr
+    assert not (tmp_path / "x").exists()
