@@ -7,8 +7,8 @@ is the README's worked example ("Training a GAN with fastgan").
 
 Metrics (2,500 generated samples). Mixtures: a generated sample is *high quality* when it lies
 within 3σ (Euclidean distance) of some mode's center; a mode is *covered* when at least
-``MIN_MODE_SAMPLES`` = 20 high-quality samples belong to it (the rule of the mode-collapse
-literature: Unrolled GAN, VEEGAN, PacGAN). All 2-D sets also get nearest-neighbour distances
+``MIN_MODE_SAMPLES`` = 20 high-quality samples belong to it (the 3σ rule of the mode-collapse
+literature: Unrolled GAN, VEEGAN, PacGAN; the count of 20 is ours). All 2-D sets also get nearest-neighbour distances
 generated->data (quality) and data->generated (coverage) against 2,500 fresh data samples.
 Digits: the same two distances against held-out digits, divided by those of as many training
 digits (the classifier-free proxy: 1.0 is as good as real data, higher is worse). Every run also
@@ -66,7 +66,7 @@ METHODS = {m.name: m for m in (
     Method("wgan-clip", "wasserstein", n_critic=5, clip=0.01, optimizer="rmsprop", lr=5e-4),
     Method("wgan-gp", "wasserstein", lambda D, r, f: fg.gradient_penalty(D, r, f, weight=10.0), n_critic=5),
     Method("lp", "wasserstein", lambda D, r, f: fg.lipschitz_penalty(D, r, f, weight=10.0), n_critic=5),
-    Method("dragan", "nonsaturating", lambda D, r, f: fg.dragan_penalty(D, r, weight=10.0, perturbation="uniform"),
+    Method("dragan", "nonsaturating", lambda D, r, f: fg.dragan_penalty(D, r, weight=10.0, c=10.0),
            betas=(0.5, 0.999)),
     Method("wgan-div", "wasserstein", lambda D, r, f: fg.wgan_div_penalty(D, r, f, k=2.0, p=6.0), n_critic=5),
     Method("r1", "nonsaturating", lambda D, r, f: fg.r1_penalty(D, r, gamma=1.0), betas=(0.5, 0.999)),
