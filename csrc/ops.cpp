@@ -23,4 +23,7 @@ TORCH_LIBRARY(fastgan, m) {
       "bool one_sided) -> Tensor");
   // --- spectral norm (issue 4) ---
   // --- weight clipping (issue 5) ---
+  // In place: every tensor of the list becomes clamp(t, lo, hi) (NaN stays NaN), storage kept.
+  // One call for the whole list; kernels group it by (device, dtype) themselves.
+  m.def("clip_weights_(Tensor(a!)[] tensors, float lo, float hi) -> ()");
 }

@@ -6,6 +6,7 @@ Triton backends. See README.md and SPEC.md.
 """
 from . import reference
 from .backend import backends, get_backend, set_backend, use_backend
+from .clip import WeightClipper, clip_weights_
 from .penalty import (
     dragan_penalty,
     grad_norm_penalty,
@@ -24,5 +25,6 @@ __all__ = [
     "backends", "get_backend", "set_backend", "use_backend", "reference",
     "grad_norm_penalty", "gradient_penalty", "lipschitz_penalty", "dragan_penalty",
     "wgan_div_penalty", "r1_penalty", "r2_penalty",
+    "clip_weights_", "WeightClipper",
     "losses", "instance_noise", "anneal_std",
 ]
