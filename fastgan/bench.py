@@ -114,14 +114,12 @@ def _close(tol):
 
 
 def _fastgan_backends(device):
+    """fastgan backends timed on this device (why the others are not is printed once, up front)."""
     st = fg.backends()
-    names = [b for b in ("cpu", "cuda", "triton") if st[b]["available"]]
-    skipped = {f"fastgan:{b}": st[b]["reason"] for b in ("cpu", "cuda", "triton") if not st[b]["available"]}
-    if device.type == "cpu" and "triton" in names:
-        names.remove("triton")
-        skipped["fastgan:triton"] = "Triton runs on CPU only through the interpreter (1000x slower): not timed"
-    names = [b for b in names if b == "triton" or b == device.type]
-    return names, skipped
+    names = [b for b in ("cpu", "cuda") if st[b]["available"] and b == device.type]
+    if device.type == "cuda" and st["triton"]["available"]:
+        names.append("triton")  # on CPU Triton runs only through the interpreter: a test vehicle
+    return names, {}
 
 
 def _works(fn, what):
@@ -292,7 +290,98 @@ def step_cases(device, quick):
                      device, backends, skipped)
 
 
-CASE_FAMILIES = {"grad_norm_penalty": primitive_cases, "critic_steps": step_cases}
+def _param_lists(quick):
+    """Parameter shapes of a DCGAN critic, an SNGAN-ResNet critic and 1000 small tensors."""
+    dcgan = [(64, 3, 4, 4)]
+    for c_in, c_out in [(64, 128), (128, 256), (256, 512)]:
+        dcgan += [(c_out, c_in, 4, 4), (c_out,), (c_out,)]
+    dcgan += [(1, 512, 4, 4)]
+    sngan = []
+    for b in range(10):
+        c_in = 3 if b == 0 else 128
+        sngan += [(128, c_in, 3, 3), (128,), (128, 128, 3, 3), (128,), (128, c_in, 1, 1), (128,)]
+    sngan += [(1, 128), (1,)]
+    gen = torch.Generator().manual_seed(0)
+    small = [(int(s),) for s in torch.randint(16, 513, (1000,), generator=gen)]
+    if quick:
+        return {"DCGAN critic": dcgan[:4], "1000 small tensors": small[:50]}
+    return {"DCGAN critic": dcgan, "SNGAN-ResNet critic": sngan, "1000 small tensors": small}
+
+
+def clip_cases(device, quick):
+    from . import reference
+
+    backends, skipped = _fastgan_backends(device)
+    c = 0.01
+    for label, shapes in _param_lists(quick).items():
+        gen = torch.Generator().manual_seed(1)
+        init = [torch.randn(s, generator=gen).mul_(0.02).to(device) for s in shapes]
+
+        def fresh(init=init):
+            return [t.clone() for t in init]
+
+        def impl(fn, params):
+            def run():
+                fn(params)
+                return params
+            return run
+
+        loop_params = fresh()
+
+        def loop(ps):
+            for p in ps:  # what the original WGAN code does
+                p.data.clamp_(-c, c)
+
+        impls = {"eager": impl(loop, loop_params),
+                 "foreach": impl(lambda ps: reference.clip_weights_foreach_(ps, -c, c), fresh())}
+        cf = torch.compile(loop)
+        fn, why = _works(impl(cf, fresh()), "the clamp_ loop")
+        sk = dict(skipped)
+        if fn:
+            impls["compile"] = fn
+        else:
+            sk["compile"] = why
+        for be in backends:
+            impls[f"fastgan:{be}"] = impl(lambda ps, be=be: fg.clip_weights_(ps, c, backend=be), fresh())
+        n = sum(t.numel() * t.element_size() for t in init)
+        yield Case("clip_weights_", f"{label}: {len(shapes)} tensors, {n // 4} floats", impls, 2 * n, sk,
+                   _close(0.0))
+
+
+def wgan_clip_step_cases(device, quick):
+    """Original WGAN critic step: Wasserstein loss, RMSprop(lr=5e-5), clip every parameter to 0.01."""
+    backends, skipped = _fastgan_backends(device)
+    b = 8 if quick else 64
+    torch.manual_seed(0)
+    D0 = _dcgan_critic(16 if quick else 64).to(device)
+    real, fake = torch.randn(b, 3, 32, 32, device=device), torch.randn(b, 3, 32, 32, device=device)
+    import copy
+
+    def make(clip):
+        D = copy.deepcopy(D0)
+        opt = torch.optim.RMSprop(D.parameters(), lr=5e-5, foreach=True)
+
+        def step():
+            opt.zero_grad(set_to_none=True)
+            (D(fake).mean() - D(real).mean()).backward()
+            opt.step()
+            clip(list(D.parameters()))
+            return [p.detach() for p in D.parameters()]
+        return step
+
+    def loop(ps):
+        for p in ps:
+            p.data.clamp_(-0.01, 0.01)
+
+    impls = {"eager": make(loop)}
+    for be in backends:
+        impls[f"fastgan:{be}"] = make(lambda ps, be=be: fg.clip_weights_(ps, 0.01, backend=be))
+    yield Case("WGAN critic step (RMSprop + clip)", f"DCGAN 3x32x32 B={b}", impls, 0,
+               dict(skipped, compile="not measured: the step mutates optimizer state and parameters"), _close(1e-5))
+
+
+CASE_FAMILIES = {"grad_norm_penalty": primitive_cases, "clip_weights": clip_cases,
+                 "critic_steps": step_cases, "wgan_clip_step": wgan_clip_step_cases}
 
 # -------------------------------------------------------------------------------------------------
 # running and reporting
@@ -309,7 +398,8 @@ def _progress(i, n, label):
 
 def run_case(case, device, copy_bw, quick):
     rows = []
-    ref = case.impls["eager"]()
+    # outputs may be views of live state (parameters): keep a copy of the reference's
+    ref = [None if t is None else t.detach().clone() for t in _flat(case.impls["eager"]())]
     timings = {}
     for name, fn in case.impls.items():
         try:
@@ -462,6 +552,8 @@ def main(args):
     print(f"fastgan bench on {device} ({torch.get_num_threads()} threads), torch {torch.__version__}")
     for name, st in fg.backends().items():
         print(f"  backend {name:<10} {'yes' if st['available'] else 'no '} {st['reason']}")
+    if device.type == "cpu":
+        print("  (triton is not timed on CPU: the interpreter is a test vehicle, ~1000x slower than eager)")
     copy_bw = copy_bandwidth(device, (64 << 20) if device.type == "cuda" else (32 << 20))
     cases = [c for fam in families for c in CASE_FAMILIES[fam](device, args.quick)]
     rows = []
