@@ -16,6 +16,7 @@ from .penalty import (
     r2_penalty,
     wgan_div_penalty,
 )
+from .spectral import apply_spectral_norm, remove_spectral_norm, spectral_norm
 from . import losses
 from .noise import anneal_std, instance_noise
 
@@ -25,6 +26,7 @@ __all__ = [
     "backends", "get_backend", "set_backend", "use_backend", "reference",
     "grad_norm_penalty", "gradient_penalty", "lipschitz_penalty", "dragan_penalty",
     "wgan_div_penalty", "r1_penalty", "r2_penalty",
+    "spectral_norm", "remove_spectral_norm", "apply_spectral_norm",
     "clip_weights_", "WeightClipper",
     "losses", "instance_noise", "anneal_std",
 ]
