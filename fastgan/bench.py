@@ -400,7 +400,7 @@ def sn_cases(device, quick):
         x = torch.randn(b, 3, 32, 32, device=device)
         y = torch.randn(b, 3, 32, 32, device=device)
         # forward only, training mode: SN overhead = time(variant) - time("no SN")
-        impls = {name: (lambda m=m: m(x)) for name, m in models.items()}
+        impls = {name: (lambda m=m, x=x: m(x)) for name, m in models.items()}
         # the rows of a case are checked against "eager" on their first call: "no SN" differs by design
         yield Case("SN critic forward (training)", f"{label}, {n_sn} SN layers, B={b}", impls, 0,
                    dict(skipped, compile="not measured for this case (see the SNGAN step)"),
@@ -410,16 +410,15 @@ def sn_cases(device, quick):
         models = {k: m.to(device).train() for k, m in _sn_variants(make, backends).items()}
         F = torch.nn.functional
 
-        def step(m):
-            params = [p for p in m.parameters()]
+        def step(m, x=x, y=y):  # bound now: the generator moves on to the next critic
             loss = F.relu(1 - m(x)).mean() + F.relu(1 + m(y)).mean()
-            return torch.autograd.grad(loss, params)
+            return torch.autograd.grad(loss, list(m.parameters()))
 
         impls = {name: (lambda m=m: step(m)) for name, m in models.items()}
         cm = copy.deepcopy(models["eager"])
         cf = torch.compile(cm)
         state = copy.deepcopy(cm.state_dict())
-        fn, why = _works(lambda: torch.autograd.grad(
+        fn, why = _works(lambda cf=cf, cm=cm, x=x, y=y: torch.autograd.grad(
             F.relu(1 - cf(x)).mean() + F.relu(1 + cf(y)).mean(), list(cm.parameters())), "the torch-SN critic")
         cm.load_state_dict(state)  # undo the trial's power iterations (in place: cf stays valid)
         if fn:
