@@ -1,0 +1,219 @@
+"""fastgan under DistributedDataParallel: real 2-process gloo runs on loopback.
+
+One spawn (two worker processes) runs every scenario, because starting a process that imports
+torch costs seconds on the 2-core CI machine. Each rank trains on its half of a global batch;
+the parent replays the same steps in one process on the whole batch (same init, same alpha/noise)
+and every rank's final parameters must equal that replay to float64 tolerance. A rank that stepped
+on unsynchronised (local) gradients lands ~1e-2 away, far outside the tolerance.
+"""
+import os
+import tempfile
+import time
+import traceback
+
+import pytest
+import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
+import torch.nn as nn
+import torch.nn.functional as F
+
+import fastgan as fg
+
+pytestmark = pytest.mark.skipif(not dist.is_available() or not dist.is_gloo_available(),
+                                reason="torch built without gloo")
+
+WORLD = 2
+LOCAL = 4                 # samples per rank; the single-process replay sees WORLD * LOCAL
+STEPS = 2
+LR = 0.05
+TOL = 1e-10               # float64; unsynchronised gradients give differences ~1e-2
+DEADLINE_S = 240          # the whole spawn (process start + all scenarios), generous for a loaded machine
+
+
+# --- the models and the training steps, shared by the workers and the single-process replay ----
+def critic():
+    """The last Linear's bias gets no gradient from any penalty: the case DDP mishandles."""
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Linear(6, 16), nn.Tanh(), nn.Linear(16, 8), nn.LeakyReLU(0.2),
+                         nn.Linear(8, 1)).double()
+
+
+def batch(step, part=None):
+    """Global batch of step `step`; `part=r` is rank r's contiguous slice of it."""
+    g = torch.Generator().manual_seed(100 + step)
+    n = WORLD * LOCAL
+    b = dict(real=torch.randn(n, 6, generator=g, dtype=torch.float64),
+             fake=torch.randn(n, 6, generator=g, dtype=torch.float64) + 0.5,
+             alpha=torch.rand(n, generator=g, dtype=torch.float64),
+             noise=torch.randn(n, 6, generator=g, dtype=torch.float64))
+    if part is not None:
+        b = {k: v[part * LOCAL:(part + 1) * LOCAL] for k, v in b.items()}
+    return b
+
+
+def step_wgan_gp(D, opt, b):
+    loss = D(b["fake"]).mean() - D(b["real"]).mean() + fg.gradient_penalty(D, b["real"], b["fake"], alpha=b["alpha"])
+    opt.zero_grad(set_to_none=True)
+    loss.backward()
+    opt.step()
+
+
+def step_r1_lazy(D, opt, b):
+    """Non-saturating loss, then R1 backpropagated ON ITS OWN (StyleGAN's lazy regularization)."""
+    loss = F.softplus(D(b["fake"])).mean() + F.softplus(-D(b["real"])).mean()
+    opt.zero_grad(set_to_none=True)
+    loss.backward()
+    opt.step()
+    opt.zero_grad(set_to_none=True)
+    fg.r1_penalty(D, b["real"]).backward()
+    opt.step()
+
+
+def step_dragan(D, opt, b):
+    ones, zeros = torch.ones(b["real"].shape[0], 1, dtype=torch.float64), torch.zeros(b["real"].shape[0], 1, dtype=torch.float64)
+    loss = (F.binary_cross_entropy_with_logits(D(b["real"]), ones)
+            + F.binary_cross_entropy_with_logits(D(b["fake"]), zeros)
+            + fg.dragan_penalty(D, b["real"], noise=b["noise"]))
+    opt.zero_grad(set_to_none=True)
+    loss.backward()
+    opt.step()
+
+
+def step_penalties_alone(D, opt, b):
+    """WGAN-div, LP and R2 each backpropagated on their own (the tie-in is what makes them sync)."""
+    for loss in (lambda: fg.wgan_div_penalty(D, b["real"], b["fake"]),
+                 lambda: fg.lipschitz_penalty(D, b["real"], b["fake"], alpha=b["alpha"]),
+                 lambda: fg.r2_penalty(D, b["fake"])):
+        opt.zero_grad(set_to_none=True)
+        loss().backward()
+        opt.step()
+
+
+def step_r1_lambda(D, opt, b):
+    """The critic reaches fastgan as a plain callable around the DDP module (conditional critics)."""
+    opt.zero_grad(set_to_none=True)
+    fg.r1_penalty(lambda x: D(x) * 2.0, b["real"]).backward()
+    opt.step()
+
+
+SCENARIOS = {
+    # name: (step function, DDP keyword arguments)
+    "wgan_gp": (step_wgan_gp, {}),
+    "wgan_gp_find_unused": (step_wgan_gp, dict(find_unused_parameters=True)),
+    "r1_lazy": (step_r1_lazy, {}),
+    "r1_lazy_find_unused": (step_r1_lazy, dict(find_unused_parameters=True)),
+    "dragan": (step_dragan, {}),
+    "penalties_alone": (step_penalties_alone, {}),
+    "r1_lambda": (step_r1_lambda, {}),
+}
+
+
+def replay(step_fn):
+    """The single-process run on the global batch: the parameters every rank must hold after each step."""
+    D = critic()
+    opt = torch.optim.SGD(D.parameters(), lr=LR)
+    out = []
+    for s in range(STEPS):
+        step_fn(D, opt, batch(s))
+        out.append([p.detach().clone() for p in D.parameters()])
+    return out
+
+
+# --- the worker ------------------------------------------------------------------------------
+def _worker(rank, init_file, out_dir):
+    result = {}
+    try:
+        os.environ["GLOO_SOCKET_IFNAME"] = "lo"          # loopback only
+        dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=WORLD)
+        for name, (step_fn, kw) in SCENARIOS.items():
+            result[name] = run = dict(params=[], error=None)   # parameters after each step
+            try:
+                D = nn.parallel.DistributedDataParallel(critic(), **kw)
+                opt = torch.optim.SGD(D.parameters(), lr=LR)
+                for s in range(STEPS):
+                    step_fn(D, opt, batch(s, rank))
+                    run["params"].append([p.detach().clone() for p in D.module.parameters()])
+            except Exception:
+                run["error"] = traceback.format_exc()
+            dist.barrier()
+
+        # static_graph=True cannot sync a penalty: fastgan must refuse before DDP's forward runs
+        D = nn.parallel.DistributedDataParallel(critic(), static_graph=True)
+        try:
+            fg.r1_penalty(D, batch(0, rank)["real"])
+            result["static_graph"] = None
+        except ValueError as e:
+            result["static_graph"] = str(e)
+        dist.barrier()
+        dist.destroy_process_group()
+    except Exception:
+        result["worker"] = traceback.format_exc()
+    torch.save(result, os.path.join(out_dir, f"rank{rank}.pt"))
+
+
+@pytest.fixture(scope="module")
+def ranks():
+    """Runs all scenarios in 2 gloo processes; returns [rank0 results, rank1 results]."""
+    with tempfile.TemporaryDirectory() as tmp:
+        init_file = os.path.join(tmp, "init")     # file rendezvous: no port to pick
+        ctx = mp.get_context("spawn")
+        procs = [ctx.Process(target=_worker, args=(r, init_file, tmp), daemon=True) for r in range(WORLD)]
+        for p in procs:
+            p.start()
+        deadline = time.monotonic() + DEADLINE_S
+        for p in procs:
+            p.join(max(0.0, deadline - time.monotonic()))
+        hung = [r for r, p in enumerate(procs) if p.is_alive()]
+        for r in hung:
+            procs[r].kill()
+            procs[r].join()
+        if hung:
+            pytest.fail(f"DDP worker ranks {hung} did not finish within {DEADLINE_S} s")
+        out = []
+        for r in range(WORLD):
+            path = os.path.join(tmp, f"rank{r}.pt")
+            assert os.path.exists(path), f"rank {r} exited with code {procs[r].exitcode} and no result"
+            res = torch.load(path)
+            assert "worker" not in res, f"rank {r} failed:\n{res['worker']}"
+            out.append(res)
+        return out
+
+
+def _check(ranks, name):
+    want = replay(SCENARIOS[name][0])
+    for r, res in enumerate(ranks):
+        run = res[name]
+        # values first: a skipped all-reduce shows as a wrong step before DDP's own error (if any)
+        for s, (got_s, want_s) in enumerate(zip(run["params"], want)):
+            for i, (a, b) in enumerate(zip(got_s, want_s)):
+                err = float((a - b).abs().max())
+                assert err < TOL, (f"{name}: after step {s}, rank {r} parameter {i} differs from the "
+                                   f"single-process run by {err:.3g}")
+        assert run["error"] is None, f"rank {r} raised in {name}:\n{run['error']}"
+        assert len(run["params"]) == STEPS
+
+
+@pytest.mark.parametrize("name", list(SCENARIOS))
+def test_ddp_matches_single_process(ranks, name):
+    _check(ranks, name)
+
+
+def test_ddp_static_graph_raises(ranks):
+    for res in ranks:
+        assert res["static_graph"] is not None and "static_graph=True" in res["static_graph"]
+
+
+def test_tie_in_is_exact():
+    """The tie leaves the value and the gradient w.r.t. g untouched and sends exactly zero to out,
+    even where out holds inf (``out.sum() * 0`` would turn the loss into NaN)."""
+    from fastgan.distributed import tie_in
+
+    w = torch.tensor([0.5, 2.0, 3.0], dtype=torch.float64, requires_grad=True)
+    out = w * 1e308 * 10.0                      # [5e308 -> inf, inf, inf]: overflow from finite weights
+    assert torch.isinf(out).all()
+    g = torch.randn(5, 3, dtype=torch.float64, requires_grad=True)
+    loss = (tie_in(g, out) ** 2).sum()
+    assert torch.equal(loss, (g ** 2).sum())
+    gw, gg = torch.autograd.grad(loss, (w, g))
+    assert torch.equal(gg, 2 * g) and torch.equal(gw, torch.zeros(3, dtype=torch.float64))
