@@ -13,11 +13,13 @@ finished reduction in the prior iteration"), after the ranks have already diverg
 ``D(x).sum() * 0`` to the loss for this reason.
 
 fastgan ties the critic's output ``D(x)`` into the returned gradient with an exactly-zero gradient
-(:class:`_TieIn`), so the penalty's backward also runs a (cheap, first-order) backward through the
-critic and every parameter's hook fires. Unlike ``D(x).sum() * 0`` this leaves the loss value
-bit-identical even when ``D(x)`` holds inf. It is done only when torch.distributed is initialized
-and a DDP module ran inside the critic call (``D`` itself, a module holding one, or any callable
-that calls one), so single-process training pays nothing.
+(:class:`_TieIn`), so the penalty's backward also runs a first-order backward through the critic
+(the cost of one more critic backward on the penalty's batch) and every parameter's hook fires;
+the gradients are unchanged (+0). Unlike ``D(x).sum() * 0`` the loss value stays bit-identical
+even when ``D(x)`` holds inf. It is done only when torch.distributed is initialized and a DDP
+module ran inside the critic call (``D`` itself, a module holding one, or any callable that calls
+one), so single-process training pays nothing. StyleGAN3 instead drops DDP and all-reduces the
+flattened gradients by hand after ``backward()``; that also works with fastgan (no DDP, no tie).
 
 ``DDP(static_graph=True)`` cannot work with a penalty: in its first iteration DDP queues its
 delayed all-reduce from the backward of the critic's output, which runs inside the penalty's inner
