@@ -8,9 +8,9 @@ and a 2-D MLP critic. The Triton interpreter is far too slow to time on CPU; it 
 """
 import pytest
 import torch
-from torch import nn
 
 import fastgan as fg
+from fastgan._bench_models import dcgan_critic, mlp_critic
 from conftest import THREADS
 
 SHAPES = [(64, 3 * 64 * 64), (256, 3 * 32 * 32), (2, 3 * 512 * 512)]
@@ -50,21 +50,7 @@ def test_primitive_fwd_bwd(benchmark, shape, impl):
     benchmark.pedantic(run, rounds=30, iterations=3, warmup_rounds=3)
 
 
-def dcgan_critic():
-    return nn.Sequential(
-        nn.Conv2d(3, 64, 4, 2, 1), nn.LeakyReLU(0.2),
-        nn.Conv2d(64, 128, 4, 2, 1), nn.LeakyReLU(0.2),
-        nn.Conv2d(128, 256, 4, 2, 1), nn.LeakyReLU(0.2),
-        nn.Flatten(), nn.Linear(256 * 4 * 4, 1),
-    )
-
-
-def mlp_critic():
-    return nn.Sequential(nn.Linear(2, 512), nn.ReLU(), nn.Linear(512, 512), nn.ReLU(),
-                         nn.Linear(512, 512), nn.ReLU(), nn.Linear(512, 1))
-
-
-CRITICS = {"dcgan32": (dcgan_critic, (64, 3, 32, 32)), "mlp2d": (mlp_critic, (256, 2))}
+CRITICS = {"dcgan32": (dcgan_critic, (64, 3, 32, 32)), "mlp2d": (lambda: mlp_critic(2), (256, 2))}
 
 
 def eager_gp_step(D, real, fake, alpha):

@@ -22,5 +22,20 @@ TORCH_LIBRARY(fastgan, m) {
       "gnp_backward(Tensor grad_phi, Tensor grads, Tensor norms, float target, float power, "
       "bool one_sided) -> Tensor");
   // --- spectral norm (issue 4) ---
+  // Power iteration for a list of weights (one call for all layers of a model). Each weight W is
+  // viewed as the matrix W_mat (size(dim), -1) with dim moved to the front. n_iter times:
+  // u <- W_mat v / max(|W_mat v|, eps), then v <- W_mat^T u / max(|W_mat^T u|, eps). Returns
+  // (sigmas, us_new, vs_new): sigma = u^T W_mat v as a 0-d tensor in the accumulation dtype and
+  // new u, v (the inputs are not modified). n_iter = 0 only evaluates sigma.
+  m.def(
+      "sn_power(Tensor[] weights, Tensor[] us, Tensor[] vs, int[] dims, int n_iter, float eps) "
+      "-> (Tensor[], Tensor[], Tensor[])");
+  // W / sigma, where sigma = u^T W_mat v (its gradient is taken through W; u, v are constants).
+  m.def("sn_normalize(Tensor weight, Tensor u, Tensor v, Tensor sigma, int dim) -> Tensor");
+  // dW = grad / sigma - <grad, W> / sigma^2 * u v^T (u v^T laid out like W), contiguous.
+  m.def("sn_normalize_backward(Tensor grad, Tensor weight, Tensor u, Tensor v, Tensor sigma, int dim) -> Tensor");
   // --- weight clipping (issue 5) ---
+  // In place: every tensor of the list becomes clamp(t, lo, hi) (NaN stays NaN), storage kept.
+  // One call for the whole list; kernels group it by (device, dtype) themselves.
+  m.def("clip_weights_(Tensor(a!)[] tensors, float lo, float hi) -> ()");
 }

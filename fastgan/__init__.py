@@ -6,6 +6,7 @@ Triton backends. See README.md and SPEC.md.
 """
 from . import reference
 from .backend import backends, get_backend, set_backend, use_backend
+from .clip import WeightClipper, clip_weights_
 from .penalty import (
     dragan_penalty,
     grad_norm_penalty,
@@ -15,6 +16,7 @@ from .penalty import (
     r2_penalty,
     wgan_div_penalty,
 )
+from .spectral import apply_spectral_norm, remove_spectral_norm, spectral_norm
 
 __version__ = "0.1.0"
 
@@ -22,4 +24,6 @@ __all__ = [
     "backends", "get_backend", "set_backend", "use_backend", "reference",
     "grad_norm_penalty", "gradient_penalty", "lipschitz_penalty", "dragan_penalty",
     "wgan_div_penalty", "r1_penalty", "r2_penalty",
+    "spectral_norm", "remove_spectral_norm", "apply_spectral_norm",
+    "clip_weights_", "WeightClipper",
 ]

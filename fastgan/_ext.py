@@ -32,8 +32,11 @@ def _gnp_backward_fake(grad_phi, grads, norms, target, power, one_sided):
     return empty_like_rows(as_dense_rows(grads))
 
 
-def register_gnp(ns: str) -> None:
-    """Fake kernels and autograd for ``{ns}::gnp_forward`` / ``{ns}::gnp_backward``."""
+def register_gnp(ns: str, autograd: bool = True) -> None:
+    """Fake kernels and (``autograd``) the autograd of ``{ns}::gnp_forward`` / ``{ns}::gnp_backward``.
+
+    The C++ ops register their autograd in C++ (csrc/grad_norm_autograd.cpp): the Python path
+    costs tens of microseconds per call."""
     backward_op = getattr(getattr(torch.ops, ns), "gnp_backward")
 
     def setup_context(ctx, inputs, output):
@@ -49,8 +52,9 @@ def register_gnp(ns: str) -> None:
 
     torch.library.register_fake(f"{ns}::gnp_forward")(_gnp_forward_fake)
     torch.library.register_fake(f"{ns}::gnp_backward")(_gnp_backward_fake)
-    torch.library.register_autograd(f"{ns}::gnp_forward", backward, setup_context=setup_context)
+    if autograd:
+        torch.library.register_autograd(f"{ns}::gnp_forward", backward, setup_context=setup_context)
 
 
 if _C is not None:
-    register_gnp("fastgan")
+    register_gnp("fastgan", autograd=False)

@@ -23,6 +23,10 @@ BACKENDS = ("reference", "cpu", "cuda", "triton")
 AUTO = {
     ("grad_norm_penalty", "cpu"): "cpu",
     ("grad_norm_penalty", "cuda"): "reference",
+    ("spectral_norm", "cpu"): "cpu",
+    ("spectral_norm", "cuda"): "reference",
+    ("clip_weights", "cpu"): "cpu",
+    ("clip_weights", "cuda"): "reference",
 }
 
 _state = threading.local()

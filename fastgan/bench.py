@@ -6,6 +6,7 @@ available fastgan backend; checks each result against the eager one; and reports
 20/80 percentiles, speedups, and achieved bandwidth (bytes that must move / time) as a fraction of
 a copy measured in the same run. Writes ``results.json``, ``results.md`` and ``speedup.png``.
 """
+import copy
 import dataclasses
 import datetime
 import json
@@ -19,6 +20,8 @@ from typing import Callable
 import torch
 
 import fastgan as fg
+
+from ._bench_models import SNGANResNetCritic, dcgan_critic, mlp_critic
 
 # -------------------------------------------------------------------------------------------------
 # timing
@@ -84,6 +87,7 @@ class Case:
     nbytes: int = 0  # bytes that must move (0: no byte model, e.g. whole steps)
     skipped: dict = dataclasses.field(default_factory=dict)  # name -> why it did not run
     check: Callable = None  # (out, ref) -> bool
+    unchecked: tuple = ()  # rows that compute something else by design (e.g. the no-SN floor)
 
 
 def _flat(out):
@@ -114,14 +118,12 @@ def _close(tol):
 
 
 def _fastgan_backends(device):
+    """fastgan backends timed on this device (why the others are not is printed once, up front)."""
     st = fg.backends()
-    names = [b for b in ("cpu", "cuda", "triton") if st[b]["available"]]
-    skipped = {f"fastgan:{b}": st[b]["reason"] for b in ("cpu", "cuda", "triton") if not st[b]["available"]}
-    if device.type == "cpu" and "triton" in names:
-        names.remove("triton")
-        skipped["fastgan:triton"] = "Triton runs on CPU only through the interpreter (1000x slower): not timed"
-    names = [b for b in names if b == "triton" or b == device.type]
-    return names, skipped
+    names = [b for b in ("cpu", "cuda") if st[b]["available"] and b == device.type]
+    if device.type == "cuda" and st["triton"]["available"]:
+        names.append("triton")  # on CPU Triton runs only through the interpreter: a test vehicle
+    return names, {}
 
 
 def _works(fn, what):
@@ -163,27 +165,6 @@ def primitive_cases(device, quick):
         # forward reads g, backward reads g and writes dL/dg
         yield Case("grad_norm_penalty fwd+bwd", f"{b}x{n}", impls, 3 * g.numel() * g.element_size(),
                    dict(skipped, **({"compile": why} if why else {})), _close(2e-5))
-
-
-def _dcgan_critic(ch=64):
-    from torch import nn
-
-    return nn.Sequential(
-        nn.Conv2d(3, ch, 4, 2, 1), nn.LeakyReLU(0.2),
-        nn.Conv2d(ch, 2 * ch, 4, 2, 1), nn.LeakyReLU(0.2),
-        nn.Conv2d(2 * ch, 4 * ch, 4, 2, 1), nn.LeakyReLU(0.2),
-        nn.Flatten(), nn.Linear(4 * ch * 4 * 4, 1),
-    )
-
-
-def _mlp_critic(d_in, width=512, depth=3):
-    from torch import nn
-
-    layers, d = [], d_in
-    for _ in range(depth):
-        layers += [nn.Linear(d, width), nn.LeakyReLU(0.2)]
-        d = width
-    return nn.Sequential(*layers, nn.Linear(d, 1))
 
 
 def _eager_grad(D, x):
@@ -228,7 +209,7 @@ def step_cases(device, quick):
     b_img, b_mlp = (8, 32) if quick else (64, 256)
 
     # WGAN-GP, DCGAN critic on 3x32x32
-    D = _dcgan_critic(16 if quick else 64).to(device)
+    D = dcgan_critic(16 if quick else 64).to(device)
     real, fake = torch.randn(b_img, 3, 32, 32, device=device), torch.randn(b_img, 3, 32, 32, device=device)
     alpha = torch.rand(b_img, device=device)
 
@@ -243,7 +224,7 @@ def step_cases(device, quick):
     yield _step_case("WGAN-GP critic step", f"DCGAN 3x32x32 B={b_img}", D, gp_eager, gp_fast, device, backends, skipped)
 
     # WGAN-GP, MLP critic on 2-D toy data
-    D2 = _mlp_critic(2).to(device)
+    D2 = mlp_critic(2).to(device)
     r2, f2 = torch.randn(b_mlp, 2, device=device), torch.randn(b_mlp, 2, device=device)
     a2 = torch.rand(b_mlp, device=device)
 
@@ -271,7 +252,7 @@ def step_cases(device, quick):
 
     # CTGAN-style packed MLP critic on tabular data (pac=10)
     pac, feats, b_tab = 10, 32 if quick else 128, 50 if quick else 500
-    D3 = _mlp_critic(pac * feats, width=256, depth=2).to(device)
+    D3 = mlp_critic(pac * feats, width=256, depth=2).to(device)
 
     def D3p(x):
         return D3(x.view(-1, pac * feats))
@@ -292,7 +273,163 @@ def step_cases(device, quick):
                      device, backends, skipped)
 
 
-CASE_FAMILIES = {"grad_norm_penalty": primitive_cases, "critic_steps": step_cases}
+def _param_lists(quick):
+    """Parameter shapes of a DCGAN critic, an SNGAN-ResNet critic and 1000 small tensors."""
+    dcgan = [(64, 3, 4, 4)]
+    for c_in, c_out in [(64, 128), (128, 256), (256, 512)]:
+        dcgan += [(c_out, c_in, 4, 4), (c_out,), (c_out,)]
+    dcgan += [(1, 512, 4, 4)]
+    sngan = []
+    for b in range(10):
+        c_in = 3 if b == 0 else 128
+        sngan += [(128, c_in, 3, 3), (128,), (128, 128, 3, 3), (128,), (128, c_in, 1, 1), (128,)]
+    sngan += [(1, 128), (1,)]
+    gen = torch.Generator().manual_seed(0)
+    small = [(int(s),) for s in torch.randint(16, 513, (1000,), generator=gen)]
+    if quick:
+        return {"DCGAN critic": dcgan[:4], "1000 small tensors": small[:50]}
+    return {"DCGAN critic": dcgan, "SNGAN-ResNet critic": sngan, "1000 small tensors": small}
+
+
+def clip_cases(device, quick):
+    from . import reference
+
+    backends, skipped = _fastgan_backends(device)
+    c = 0.01
+    for label, shapes in _param_lists(quick).items():
+        gen = torch.Generator().manual_seed(1)
+        init = [torch.randn(s, generator=gen).mul_(0.02).to(device) for s in shapes]
+
+        def fresh(init=init):
+            return [t.clone() for t in init]
+
+        def impl(fn, params):
+            def run():
+                fn(params)
+                return params
+            return run
+
+        loop_params = fresh()
+
+        def loop(ps):
+            for p in ps:  # what the original WGAN code does
+                p.data.clamp_(-c, c)
+
+        impls = {"eager": impl(loop, loop_params),
+                 "foreach": impl(lambda ps: reference.clip_weights_foreach_(ps, -c, c), fresh())}
+        cf = torch.compile(loop)
+        fn, why = _works(impl(cf, fresh()), "the clamp_ loop")
+        sk = dict(skipped)
+        if fn:
+            impls["compile"] = fn
+        else:
+            sk["compile"] = why
+        for be in backends:
+            impls[f"fastgan:{be}"] = impl(lambda ps, be=be: fg.clip_weights_(ps, c, backend=be), fresh())
+        n = sum(t.numel() * t.element_size() for t in init)
+        yield Case("clip_weights_", f"{label}: {len(shapes)} tensors, {n // 4} floats", impls, 2 * n, sk,
+                   _close(0.0))
+
+
+def wgan_clip_step_cases(device, quick):
+    """Original WGAN critic step: Wasserstein loss, RMSprop(lr=5e-5), clip every parameter to 0.01."""
+    backends, skipped = _fastgan_backends(device)
+    b = 8 if quick else 64
+    torch.manual_seed(0)
+    D0 = dcgan_critic(16 if quick else 64).to(device)
+    real, fake = torch.randn(b, 3, 32, 32, device=device), torch.randn(b, 3, 32, 32, device=device)
+
+    def make(clip):
+        D = copy.deepcopy(D0)
+        opt = torch.optim.RMSprop(D.parameters(), lr=5e-5, foreach=True)
+
+        def step():
+            opt.zero_grad(set_to_none=True)
+            (D(fake).mean() - D(real).mean()).backward()
+            opt.step()
+            clip(list(D.parameters()))
+            return [p.detach() for p in D.parameters()]
+        return step
+
+    def loop(ps):
+        for p in ps:
+            p.data.clamp_(-0.01, 0.01)
+
+    impls = {"eager": make(loop)}
+    for be in backends:
+        impls[f"fastgan:{be}"] = make(lambda ps, be=be: fg.clip_weights_(ps, 0.01, backend=be))
+    yield Case("WGAN critic step (RMSprop + clip)", f"DCGAN 3x32x32 B={b}", impls, 0,
+               dict(skipped, compile="not measured: the step mutates optimizer state and parameters"), _close(1e-5))
+
+
+def _sn_variants(make, backends):
+    """The same critic (same initial weights and u, v) with torch's spectral norm, fastgan's per
+    layer, fastgan's batched, and none. u, v come from torch's registration and are loaded into
+    the fastgan variants (the state_dict layouts are identical)."""
+    from torch.nn.utils.parametrizations import spectral_norm as torch_sn
+
+    torch.manual_seed(0)
+    plain = make()
+    ref = copy.deepcopy(plain)
+    for m in list(ref.modules()):
+        if isinstance(m, (torch.nn.Linear, torch.nn.Conv2d)):
+            torch_sn(m)
+    out = {"no SN": plain, "eager": ref}
+    for be in backends:
+        per_layer = copy.deepcopy(plain)
+        for m in list(per_layer.modules()):
+            if isinstance(m, (torch.nn.Linear, torch.nn.Conv2d)):
+                fg.spectral_norm(m, backend=be)
+        batched = fg.apply_spectral_norm(copy.deepcopy(plain), backend=be)
+        for name, model in ((f"fastgan:{be} per layer", per_layer), (f"fastgan:{be} batched", batched)):
+            model.load_state_dict(ref.state_dict())
+            out[name] = model
+    return out
+
+
+def sn_cases(device, quick):
+    backends, skipped = _fastgan_backends(device)
+    b = 8 if quick else 64
+    critics = {"DCGAN 3x32x32": lambda: dcgan_critic(16 if quick else 64),
+               "SNGAN-ResNet 3x32x32": lambda: SNGANResNetCritic(16 if quick else 64)}
+    if quick:
+        critics.pop("SNGAN-ResNet 3x32x32")
+    for label, make in critics.items():
+        models = {k: m.to(device).train() for k, m in _sn_variants(make, backends).items()}
+        n_sn = sum(1 for m in models["eager"].modules() if hasattr(m, "parametrizations"))
+        x = torch.randn(b, 3, 32, 32, device=device)
+        y = torch.randn(b, 3, 32, 32, device=device)
+        # forward only, training mode: SN overhead = time(variant) - time("no SN")
+        impls = {name: (lambda m=m: m(x)) for name, m in models.items()}
+        # the rows of a case are checked against "eager" on their first call: "no SN" differs by design
+        yield Case("SN critic forward (training)", f"{label}, {n_sn} SN layers, B={b}", impls, 0,
+                   dict(skipped, compile="not measured for this case (see the SNGAN step)"),
+                   _close(1e-4), unchecked=("no SN",))
+
+        # SNGAN critic step: hinge loss on D(real) and D(fake) (two forwards, one backward)
+        models = {k: m.to(device).train() for k, m in _sn_variants(make, backends).items()}
+        F = torch.nn.functional
+
+        def step(m):
+            params = [p for p in m.parameters()]
+            loss = F.relu(1 - m(x)).mean() + F.relu(1 + m(y)).mean()
+            return torch.autograd.grad(loss, params)
+
+        impls = {name: (lambda m=m: step(m)) for name, m in models.items()}
+        cm = copy.deepcopy(models["eager"])
+        cf = torch.compile(cm)
+        state = copy.deepcopy(cm.state_dict())
+        fn, why = _works(lambda: torch.autograd.grad(
+            F.relu(1 - cf(x)).mean() + F.relu(1 + cf(y)).mean(), list(cm.parameters())), "the torch-SN critic")
+        cm.load_state_dict(state)  # undo the trial's power iterations (in place: cf stays valid)
+        if fn:
+            impls["compile"] = fn
+        yield Case("SNGAN critic step (hinge + SN)", f"{label}, {n_sn} SN layers, B={b}", impls, 0,
+                   dict(skipped, **({"compile": why} if why else {})), _close(1e-4), unchecked=("no SN",))
+
+
+CASE_FAMILIES = {"grad_norm_penalty": primitive_cases, "clip_weights": clip_cases, "spectral_norm": sn_cases,
+                 "critic_steps": step_cases, "wgan_clip_step": wgan_clip_step_cases}
 
 # -------------------------------------------------------------------------------------------------
 # running and reporting
@@ -309,12 +446,13 @@ def _progress(i, n, label):
 
 def run_case(case, device, copy_bw, quick):
     rows = []
-    ref = case.impls["eager"]()
+    # outputs may be views of live state (parameters): keep a copy of the reference's
+    ref = [None if t is None else t.detach().clone() for t in _flat(case.impls["eager"]())]
     timings = {}
     for name, fn in case.impls.items():
         try:
             out = fn()
-            ok = True if name == "eager" else bool(case.check(out, ref))
+            ok = None if name in case.unchecked else (name == "eager" or bool(case.check(out, ref)))
             t = measure(fn, device, min_time=0.05 if quick else 0.3, min_samples=7 if quick else 15)
         except Exception as e:  # noqa: BLE001  (a failing implementation is reported, not fatal)
             rows.append({"op": case.op, "shape": case.shape, "impl": name, "error": f"{type(e).__name__}: {e}"[:200]})
@@ -393,7 +531,7 @@ def markdown(results):
                 f"{'%.2fx' % r['speedup_vs_compile'] if 'speedup_vs_compile' in r else '-'} | "
                 f"{'%.1f' % r['GBps'] if 'GBps' in r else '-'} | "
                 f"{'%.0f%%' % (100 * r['frac_of_copy']) if 'frac_of_copy' in r else '-'} | "
-                f"{'yes' if r['matched'] else '**NO**'} |")
+                f"{'-' if r['matched'] is None else 'yes' if r['matched'] else '**NO**'} |")
         else:
             why = r.get("skipped") or ("error: " + r["error"])
             lines.append(f"| {r['op']} | {r['shape']} | {r['impl']} | - | - | - | - | - | - | - | {why} |")
@@ -445,10 +583,43 @@ def print_table(results):
             vc = f"{r['speedup_vs_compile']:.2f}x" if "speedup_vs_compile" in r else "-"
             fc = f"{100 * r['frac_of_copy']:.0f}%" if "frac_of_copy" in r else "-"
             print(f"{r['op'][:30]:<30} {r['shape'][:28]:<28} {r['impl']:<16} {_fmt_t(r['median_s']):>10} "
-                  f"{r['speedup_vs_eager']:>8.2f}x {vc:>8} {fc:>8}  {'yes' if r['matched'] else 'NO'}")
+                  f"{r['speedup_vs_eager']:>8.2f}x {vc:>8} {fc:>8}  {'-' if r['matched'] is None else 'yes' if r['matched'] else 'NO'}")
         else:
             print(f"{r['op'][:30]:<30} {r['shape'][:28]:<28} {r['impl']:<16} "
                   f"{(r.get('skipped') or 'error: ' + r['error'])[:90]}")
+
+
+# bench op -> (backend.AUTO op key, rows that stand for the "reference" backend)
+AUTO_OPS = {"grad_norm_penalty fwd+bwd": ("grad_norm_penalty", ("eager",)),
+            "clip_weights_": ("clip_weights", ("foreach",)),
+            "SN critic forward (training)": ("spectral_norm", ("eager",))}
+
+
+def suggest_auto(rows, device):
+    """The fastest backend per AUTO op on every measured case; one choice where it never changes."""
+    from .backend import AUTO
+
+    out = {}
+    for op, (key, ref_impls) in AUTO_OPS.items():
+        best = {}
+        for r in rows:
+            if r["op"] != op or "median_s" not in r:
+                continue
+            if r["impl"] in ref_impls:
+                backend = "reference"
+            elif r["impl"].startswith("fastgan:"):
+                backend = r["impl"].split(":")[1].split()[0]
+            else:
+                continue
+            cur = best.get(r["shape"])
+            if cur is None or r["median_s"] < cur[1]:
+                best[r["shape"]] = (backend, r["median_s"])
+        if best:
+            winners = {shape: b for shape, (b, _) in best.items()}
+            choices = set(winners.values())
+            out[key] = {"winners": winners, "choice": choices.pop() if len(choices) == 1 else None,
+                        "current": AUTO.get((key, device.type))}
+    return out
 
 
 def main(args):
@@ -462,6 +633,8 @@ def main(args):
     print(f"fastgan bench on {device} ({torch.get_num_threads()} threads), torch {torch.__version__}")
     for name, st in fg.backends().items():
         print(f"  backend {name:<10} {'yes' if st['available'] else 'no '} {st['reason']}")
+    if device.type == "cpu":
+        print("  (triton is not timed on CPU: the interpreter is a test vehicle, ~1000x slower than eager)")
     copy_bw = copy_bandwidth(device, (64 << 20) if device.type == "cuda" else (32 << 20))
     cases = [c for fam in families for c in CASE_FAMILIES[fam](device, args.quick)]
     rows = []
@@ -472,7 +645,13 @@ def main(args):
     results = {"date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
                "commit": _git_commit(), "quick": args.quick, "machine": _machine(device),
                "backends": fg.backends(), "copy_GBps": copy_bw / 1e9, "rows": rows}
+    results["auto_suggestion"] = suggest_auto(rows, device)
     print_table(results)
+    print("\n\"auto\" (fastgan/backend.py AUTO) against this run's fastest backend per case:")
+    for key, sug in results["auto_suggestion"].items():
+        verdict = (f"one choice, {sug['choice']!r}" if sug["choice"] else "depends on size: " + ", ".join(
+            f"{k}: {v}" for k, v in sug["winners"].items()))
+        print(f"  ({key!r}, {device.type!r}): AUTO has {sug['current']!r}; fastest here: {verdict}")
     os.makedirs(args.out, exist_ok=True)
     with open(os.path.join(args.out, "results.json"), "w") as f:
         json.dump(results, f, indent=1)

@@ -15,19 +15,12 @@
 
 #include "../gnp_math.h"
 #include "../rows.h"
+#include "vec.cuh"
 
 namespace fastgan {
 namespace {
 
 constexpr int kThreads = 256;
-
-template <typename scalar_t>
-using acc_type = std::conditional_t<std::is_same_v<scalar_t, double>, double, float>;
-
-template <typename T, int N>
-struct alignas(sizeof(T) * N) Pack {
-  T v[N];
-};
 
 template <typename acc_t>
 __device__ acc_t block_sum(acc_t x) {
