@@ -28,6 +28,7 @@ WORLD = 2
 LOCAL = 4                 # samples per rank; the single-process replay sees WORLD * LOCAL
 STEPS = 2
 LR = 0.05
+CLIP = 0.3
 TOL = 1e-10               # float64; unsynchronised gradients give differences ~1e-2
 DEADLINE_S = 240          # the whole spawn (process start + all scenarios), generous for a loaded machine
 
@@ -98,26 +99,95 @@ def step_r1_lambda(D, opt, b):
     opt.step()
 
 
+def step_wgan(D, opt, b):
+    loss = D(b["fake"]).mean() - D(b["real"]).mean()
+    opt.zero_grad(set_to_none=True)
+    loss.backward()
+    opt.step()
+
+
+def step_wgan_clip(D, opt, b):
+    step_wgan(D, opt, b)
+    fg.clip_weights_(D.parameters(), CLIP)
+
+
+def step_wgan_clipper(D, opt, b):
+    if not hasattr(opt, "clipper"):
+        opt.clipper = fg.WeightClipper(D.parameters(), CLIP).attach(opt)
+    step_wgan(D, opt, b)
+
+
+def sn_critic(batched):
+    def make():
+        D = critic()
+        if batched:
+            return fg.apply_spectral_norm(D)
+        for m in D:
+            if isinstance(m, nn.Linear):
+                fg.spectral_norm(m)
+        return D
+    return make
+
+
+def ddp(**kw):
+    return lambda D: nn.parallel.DistributedDataParallel(D, **kw)
+
+
+def fsdp(per_layer):
+    def wrap(D):
+        from torch.distributed.fsdp import fully_shard
+
+        if per_layer:
+            for m in D:
+                if isinstance(m, nn.Linear):
+                    fully_shard(m)
+        return fully_shard(D)
+    return wrap
+
+
 SCENARIOS = {
-    # name: (step function, DDP keyword arguments)
-    "wgan_gp": (step_wgan_gp, {}),
-    "wgan_gp_find_unused": (step_wgan_gp, dict(find_unused_parameters=True)),
-    "r1_lazy": (step_r1_lazy, {}),
-    "r1_lazy_find_unused": (step_r1_lazy, dict(find_unused_parameters=True)),
-    "dragan": (step_dragan, {}),
-    "penalties_alone": (step_penalties_alone, {}),
-    "r1_lambda": (step_r1_lambda, {}),
+    # name: (step function, wrapper, critic factory)
+    "wgan_gp": (step_wgan_gp, ddp(), critic),
+    "wgan_gp_find_unused": (step_wgan_gp, ddp(find_unused_parameters=True), critic),
+    "r1_lazy": (step_r1_lazy, ddp(), critic),
+    "r1_lazy_find_unused": (step_r1_lazy, ddp(find_unused_parameters=True), critic),
+    "dragan": (step_dragan, ddp(), critic),
+    "penalties_alone": (step_penalties_alone, ddp(), critic),
+    "r1_lambda": (step_r1_lambda, ddp(), critic),
+    # spectral norm: D(fake), D(real) and the penalty's D(x̂) before one backward; u, v compared too
+    "sn_wgan_gp_broadcast_buffers": (step_wgan_gp, ddp(broadcast_buffers=True), sn_critic(False)),
+    "sn_wgan_gp_no_broadcast_buffers": (step_wgan_gp, ddp(broadcast_buffers=False), sn_critic(False)),
+    "sn_batched_wgan_gp_broadcast_buffers": (step_wgan_gp, ddp(broadcast_buffers=True), sn_critic(True)),
+    "sn_batched_wgan_gp_no_broadcast_buffers": (step_wgan_gp, ddp(broadcast_buffers=False), sn_critic(True)),
+    "sn_batched_r1_lazy": (step_r1_lazy, ddp(), sn_critic(True)),
+    # weight clipping after a DDP step (CLIP cuts some weights, not all: the steps still matter)
+    "clip_weights_": (step_wgan_clip, ddp(), critic),
+    "weight_clipper": (step_wgan_clipper, ddp(), critic),
+    # FSDP2 (fully_shard) with spectral norm: sharded weights
+    "fsdp_sn_root": (step_wgan, fsdp(False), sn_critic(False)),
+    "fsdp_sn_per_layer": (step_wgan, fsdp(True), sn_critic(False)),
+    "fsdp_sn_batched_root": (step_wgan, fsdp(False), sn_critic(True)),
+    "fsdp_sn_batched_per_layer": (step_wgan, fsdp(True), sn_critic(True)),
 }
 
 
-def replay(step_fn):
-    """The single-process run on the global batch: the parameters every rank must hold after each step."""
-    D = critic()
+def state(D):
+    """Parameters (FSDP's shards gathered) and buffers (spectral norm's u, v) as plain tensors."""
+    from torch.distributed.tensor import DTensor
+
+    full = [p.full_tensor() if isinstance(p, DTensor) else p for p in D.parameters()]
+    return [t.detach().clone() for t in full + list(D.buffers())]
+
+
+def replay(name):
+    """The single-process run on the global batch: the state every rank must hold after each step."""
+    step_fn, _, make = SCENARIOS[name]
+    D = make()
     opt = torch.optim.SGD(D.parameters(), lr=LR)
     out = []
     for s in range(STEPS):
         step_fn(D, opt, batch(s))
-        out.append([p.detach().clone() for p in D.parameters()])
+        out.append(state(D))
     return out
 
 
@@ -127,14 +197,14 @@ def _worker(rank, init_file, out_dir):
     try:
         os.environ["GLOO_SOCKET_IFNAME"] = "lo"          # loopback only
         dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=WORLD)
-        for name, (step_fn, kw) in SCENARIOS.items():
-            result[name] = run = dict(params=[], error=None)   # parameters after each step
+        for name, (step_fn, wrap, make) in SCENARIOS.items():
+            result[name] = run = dict(states=[], error=None)   # state after each step
             try:
-                D = nn.parallel.DistributedDataParallel(critic(), **kw)
+                D = wrap(make())
                 opt = torch.optim.SGD(D.parameters(), lr=LR)
                 for s in range(STEPS):
                     step_fn(D, opt, batch(s, rank))
-                    run["params"].append([p.detach().clone() for p in D.module.parameters()])
+                    run["states"].append(state(D))
             except Exception:
                 run["error"] = traceback.format_exc()
             dist.barrier()
@@ -146,6 +216,19 @@ def _worker(rank, init_file, out_dir):
             result["static_graph"] = None
         except ValueError as e:
             result["static_graph"] = str(e)
+        dist.barrier()
+
+        # a sharded weight read outside its module's forward: a clear error naming FSDP
+        from torch.distributed.fsdp import fully_shard
+
+        D = sn_critic(False)()
+        fully_shard(D[0])
+        fully_shard(D)
+        try:
+            D[0].weight
+            result["fsdp_outside_forward"] = None
+        except ValueError as e:
+            result["fsdp_outside_forward"] = str(e)
         dist.barrier()
         dist.destroy_process_group()
     except Exception:
@@ -182,17 +265,21 @@ def ranks():
 
 
 def _check(ranks, name):
-    want = replay(SCENARIOS[name][0])
+    want = replay(name)
     for r, res in enumerate(ranks):
         run = res[name]
         # values first: a skipped all-reduce shows as a wrong step before DDP's own error (if any)
-        for s, (got_s, want_s) in enumerate(zip(run["params"], want)):
+        for s, (got_s, want_s) in enumerate(zip(run["states"], want)):
+            assert len(got_s) == len(want_s)
             for i, (a, b) in enumerate(zip(got_s, want_s)):
                 err = float((a - b).abs().max())
-                assert err < TOL, (f"{name}: after step {s}, rank {r} parameter {i} differs from the "
-                                   f"single-process run by {err:.3g}")
+                assert err < TOL, (f"{name}: after step {s}, rank {r} tensor {i} (parameters, then buffers) "
+                                   f"differs from the single-process run by {err:.3g}")
         assert run["error"] is None, f"rank {r} raised in {name}:\n{run['error']}"
-        assert len(run["params"]) == STEPS
+        assert len(run["states"]) == STEPS
+    # and the ranks agree bitwise with each other (spectral norm's u, v included)
+    for s, (a_s, b_s) in enumerate(zip(ranks[0][name]["states"], ranks[1][name]["states"])):
+        assert all(torch.equal(a, b) for a, b in zip(a_s, b_s)), f"{name}: ranks differ after step {s}"
 
 
 @pytest.mark.parametrize("name", list(SCENARIOS))
@@ -203,6 +290,11 @@ def test_ddp_matches_single_process(ranks, name):
 def test_ddp_static_graph_raises(ranks):
     for res in ranks:
         assert res["static_graph"] is not None and "static_graph=True" in res["static_graph"]
+
+
+def test_fsdp_sharded_weight_outside_forward_raises(ranks):
+    for res in ranks:
+        assert res["fsdp_outside_forward"] is not None and "FSDP" in res["fsdp_outside_forward"]
 
 
 def test_tie_in_is_exact():
