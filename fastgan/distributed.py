@@ -24,7 +24,9 @@ flattened gradients by hand after ``backward()``; that also works with fastgan (
 ``DDP(static_graph=True)`` cannot work with a penalty: in its first iteration DDP queues its
 delayed all-reduce from the backward of the critic's output, which runs inside the penalty's inner
 ``autograd.grad``, before the penalty's parameter gradients exist. fastgan raises instead of
-training on unsynchronised gradients.
+training on unsynchronised gradients. FSDP (``fully_shard``) frees the gathered weights in the
+backward hooks of the inner ``autograd.grad``, before the double backward needs them (torch 2.13:
+"setStorage ... out of bounds for storage of size 0"); fastgan raises a clear error instead.
 """
 import contextlib
 
@@ -34,13 +36,25 @@ try:
     from torch.nn.parallel import DistributedDataParallel as _DDP
 except ImportError:  # torch built without distributed support
     _DDP = None
+try:
+    from torch.distributed.fsdp import FSDPModule as _FSDP
+except ImportError:
+    _FSDP = ()
 
 
 def _distributed():
     return _DDP is not None and torch.distributed.is_available() and torch.distributed.is_initialized()
 
 
-def _check_ddp(module):
+def _check_wrapper(module):
+    if isinstance(module, _FSDP):
+        raise ValueError(
+            "D is (or calls) an FSDP (fully_shard) module: gradient penalties cannot run through it, because "
+            "FSDP reshards (frees) the gathered weights in the backward hooks of the penalty's inner "
+            "autograd.grad, and the double backward then needs them. Wrap the critic in "
+            "DistributedDataParallel instead (critics are small), or use spectral norm without a penalty.")
+    if not isinstance(module, _DDP):
+        return
     if module.static_graph:
         raise ValueError(
             "D is (or calls) a DistributedDataParallel module with static_graph=True, which does not "
@@ -52,13 +66,13 @@ def _check_ddp(module):
 
 @contextlib.contextmanager
 def _watch_ddp(D):
-    """Yields a list that collects the DDP modules whose forward runs inside the block."""
+    """Yields a list that collects the DDP modules whose forward runs inside the block (FSDP raises)."""
     seen = []
     if not _distributed():
         yield seen
         return
-    if isinstance(D, _DDP):
-        _check_ddp(D)
+    if isinstance(D, (_DDP, _FSDP)):
+        _check_wrapper(D)
         seen.append(D)
         yield seen
         return
@@ -66,8 +80,8 @@ def _watch_ddp(D):
     # D may be a wrapper module or a plain callable (``lambda x: ddp_D(x, labels)``): watch every
     # module call for the duration of D(x); the check runs before DDP's forward changes anything.
     def pre_hook(module, args):
-        if isinstance(module, _DDP):
-            _check_ddp(module)
+        if isinstance(module, (_DDP, _FSDP)):
+            _check_wrapper(module)
             seen.append(module)
 
     handle = torch.nn.modules.module.register_module_forward_pre_hook(pre_hook)

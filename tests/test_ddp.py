@@ -229,6 +229,12 @@ def _worker(rank, init_file, out_dir):
             result["fsdp_outside_forward"] = None
         except ValueError as e:
             result["fsdp_outside_forward"] = str(e)
+        # ... and a penalty through an FSDP critic (FSDP frees the weights the double backward needs)
+        try:
+            fg.r1_penalty(D, batch(0, rank)["real"])
+            result["fsdp_penalty"] = None
+        except ValueError as e:
+            result["fsdp_penalty"] = str(e)
         dist.barrier()
         dist.destroy_process_group()
     except Exception:
@@ -295,6 +301,11 @@ def test_ddp_static_graph_raises(ranks):
 def test_fsdp_sharded_weight_outside_forward_raises(ranks):
     for res in ranks:
         assert res["fsdp_outside_forward"] is not None and "FSDP" in res["fsdp_outside_forward"]
+
+
+def test_fsdp_penalty_raises(ranks):
+    for res in ranks:
+        assert res["fsdp_penalty"] is not None and "FSDP" in res["fsdp_penalty"]
 
 
 def test_tie_in_is_exact():
