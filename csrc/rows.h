@@ -10,6 +10,12 @@
 
 namespace fastgan {
 
+inline void check_grads(const at::Tensor& grads, const char* op) {
+  TORCH_CHECK(grads.dim() >= 1, op, ": grads must have a batch dimension, got a 0-d tensor");
+  TORCH_CHECK(at::isFloatingType(grads.scalar_type()), op, ": grads must be floating point, got ",
+              grads.scalar_type());
+}
+
 // True when dims 1.. of t cover a dense block of numel/size(0) elements.
 inline bool rows_are_dense(const at::Tensor& t) {
   std::vector<std::pair<int64_t, int64_t>> dims;  // (stride, size)

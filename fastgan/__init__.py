@@ -17,6 +17,8 @@ from .penalty import (
     wgan_div_penalty,
 )
 from .spectral import apply_spectral_norm, remove_spectral_norm, spectral_norm
+from . import losses
+from .noise import anneal_std, instance_noise
 
 __version__ = "0.1.0"
 
@@ -26,4 +28,5 @@ __all__ = [
     "wgan_div_penalty", "r1_penalty", "r2_penalty",
     "spectral_norm", "remove_spectral_norm", "apply_spectral_norm",
     "clip_weights_", "WeightClipper",
+    "losses", "instance_noise", "anneal_std",
 ]

@@ -1,4 +1,4 @@
-"""Command line: ``python -m fastgan info``."""
+"""Command line: ``python -m fastgan info``, ``python -m fastgan bench``, ``python -m fastgan demo``."""
 import argparse
 import platform
 import sys
@@ -32,6 +32,9 @@ def main(argv=None):
     from . import bench
 
     bench.add_parser(sub)
+    from . import demo
+
+    demo.add_parser(sub)
     args = parser.parse_args(argv)
     return args.func(args)
 

@@ -88,12 +88,6 @@ void scale_into(scalar_t* out, const scalar_t* in, int64_t n, acc_type<scalar_t>
   for (; i < n; ++i) out[i] = static_cast<scalar_t>(static_cast<acc_t>(in[i]) * c);
 }
 
-void check_grads(const at::Tensor& grads, const char* op) {
-  TORCH_CHECK(grads.dim() >= 1, op, ": grads must have a batch dimension, got a 0-d tensor");
-  TORCH_CHECK(at::isFloatingType(grads.scalar_type()), op, ": grads must be floating point, got ",
-              grads.scalar_type());
-}
-
 std::tuple<at::Tensor, at::Tensor> gnp_forward_cpu(const at::Tensor& grads_in, double target,
                                                    double power, bool one_sided) {
   check_grads(grads_in, "gnp_forward");

@@ -118,12 +118,6 @@ Plan plan(const at::Tensor& rows, int64_t B, int64_t N, const void* out_ptr) {
   return {splits, chunk, vec};
 }
 
-void check_grads(const at::Tensor& grads, const char* op) {
-  TORCH_CHECK(grads.dim() >= 1, op, ": grads must have a batch dimension, got a 0-d tensor");
-  TORCH_CHECK(at::isFloatingType(grads.scalar_type()), op, ": grads must be floating point, got ",
-              grads.scalar_type());
-}
-
 std::tuple<at::Tensor, at::Tensor> gnp_forward_cuda(const at::Tensor& grads_in, double target, double power,
                                                     bool one_sided) {
   check_grads(grads_in, "gnp_forward");
