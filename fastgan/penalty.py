@@ -8,7 +8,7 @@ import numbers
 
 import torch
 
-from . import reference
+from . import distributed, reference
 from ._layout import acc_dtype
 from .backend import resolve
 
@@ -92,19 +92,24 @@ def grad_norm_penalty(grads, *, target=1.0, power=2.0, one_sided=False, reductio
 # --------------------------------------------------------------------------------------------
 # regularizers on a critic
 def _critic_grad(D, x):
-    """g = d(sum D(x))/dx at x, with create_graph so the penalty reaches D's parameters."""
+    """g = d(sum D(x))/dx at x, with create_graph so the penalty reaches D's parameters.
+
+    Under DDP, D(x) is also tied into g (zero gradient) so DDP all-reduces the penalty's gradients:
+    see fastgan/distributed.py.
+    """
     x = x.detach().requires_grad_(True)
     with torch.enable_grad():
-        out = D(x)
+        with distributed._watch_ddp(D) as ddp:
+            out = D(x)
         if not isinstance(out, torch.Tensor):
             raise TypeError(f"D must return a tensor of scores, got {type(out).__name__}")
         if not out.requires_grad:
             raise ValueError("the critic's output does not depend on its input (D(x) does not require grad)")
         (g,) = torch.autograd.grad(out, x, grad_outputs=torch.ones_like(out), create_graph=True,
                                    allow_unused=True)
-    if g is None:
-        raise ValueError("the critic's output does not depend on its input: autograd found no path from x to D(x)")
-    return g
+        if g is None:
+            raise ValueError("the critic's output does not depend on its input: autograd found no path from x to D(x)")
+        return distributed.tie_in(g, out) if ddp else g
 
 
 def _penalty(g, weight, target, power, one_sided, return_norms):

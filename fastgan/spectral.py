@@ -25,6 +25,11 @@ from . import _ext, reference
 from ._layout import acc_dtype
 from .backend import _check_name, _require_available, get_backend, resolve
 
+try:
+    from torch.distributed.tensor import DTensor as _DTensor
+except ImportError:  # torch without distributed
+    _DTensor = ()
+
 _OP = "spectral_norm"
 _SN_TYPES = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.ConvTranspose1d, nn.ConvTranspose2d,
              nn.ConvTranspose3d, nn.Embedding)
@@ -134,6 +139,12 @@ class _SpectralNorm(nn.Module):
 
     def _iterate(self, weight, n_iter):
         """Power iteration on the buffers (in place); returns (backend, sigma, u copy, v copy)."""
+        if isinstance(weight, _DTensor):
+            raise ValueError(
+                "spectral norm got a sharded weight (a DTensor, e.g. from FSDP's fully_shard, which keeps "
+                "parameters sharded outside the forward of the module it wraps); the power iteration needs "
+                "the whole weight: access it inside that module's forward, or unshard it first (FSDP: "
+                "module.unshard())")
         name = _resolve(self.backend, weight.device.type)
         sigmas, us, vs = _power(name, [weight.detach()], [self._u], [self._v], [self.dim], n_iter, self.eps)
         if n_iter:
@@ -301,6 +312,8 @@ class _BatchedPowerIteration:
             if getattr(sn, "_removed", False):
                 continue
             w = plist.original
+            if isinstance(w, _DTensor):
+                continue  # FSDP unshards it only when its own module runs; the layer iterates itself then
             n = sn.n_power_iterations if sn.training else 0
             key = (w.device, w.dtype, n, sn.eps, sn.backend)
             groups.setdefault(key, []).append((w, sn))
