@@ -25,7 +25,8 @@ def test_quick_bench_runs_and_matches(quick_run):
     timed = [r for r in data["rows"] if "median_s" in r]
     ops = {r["op"] for r in timed}
     assert "grad_norm_penalty fwd+bwd" in ops and "WGAN-GP critic step" in ops
-    assert all(r["matched"] for r in timed)
+    assert all(r["matched"] is not False for r in timed)  # None: a floor row (no SN), not a result
+    assert sum(r["matched"] is True for r in timed) >= len(timed) // 2
     assert all(r["p20_s"] <= r["median_s"] <= r["p80_s"] for r in timed)
     # every case has its eager baseline and at least one fastgan implementation timed
     for op in ops:
