@@ -454,7 +454,11 @@ def run_case(case, device, copy_bw, quick):
             ok = None if name in case.unchecked else (name == "eager" or bool(case.check(out, ref)))
             t = measure(fn, device, min_time=0.05 if quick else 0.3, min_samples=7 if quick else 15)
         except Exception as e:  # noqa: BLE001  (a failing implementation is reported, not fatal)
-            rows.append({"op": case.op, "shape": case.shape, "impl": name, "error": f"{type(e).__name__}: {e}"[:200]})
+            msg = f"{type(e).__name__}: {str(e).strip().splitlines()[0] if str(e).strip() else ''}"[:200]
+            if name.startswith("fastgan:"):
+                rows.append({"op": case.op, "shape": case.shape, "impl": name, "error": msg})
+            else:  # a baseline that breaks (torch.compile of torch's own code) is a finding, not a failure
+                rows.append({"op": case.op, "shape": case.shape, "impl": name, "skipped": f"failed: {msg}"})
             continue
         timings[name] = t["median_s"]
         row = {"op": case.op, "shape": case.shape, "impl": name, "matched": ok, **t}
