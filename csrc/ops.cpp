@@ -32,6 +32,8 @@ TORCH_LIBRARY(fastgan, m) {
       "-> (Tensor[], Tensor[], Tensor[])");
   // W / sigma, where sigma = u^T W_mat v (its gradient is taken through W; u, v are constants).
   m.def("sn_normalize(Tensor weight, Tensor u, Tensor v, Tensor sigma, int dim) -> Tensor");
+  // sn_normalize of a list of weights (every layer of a model in one call; CPU).
+  m.def("sn_normalize_list(Tensor[] weights, Tensor[] us, Tensor[] vs, Tensor[] sigmas, int[] dims) -> Tensor[]");
   // dW = grad / sigma - <grad, W> / sigma^2 * u v^T (u v^T laid out like W), contiguous.
   m.def("sn_normalize_backward(Tensor grad, Tensor weight, Tensor u, Tensor v, Tensor sigma, int dim) -> Tensor");
   // --- weight clipping (issue 5) ---

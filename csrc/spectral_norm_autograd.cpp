@@ -21,6 +21,15 @@ at::Tensor call_normalize(const at::Tensor& w, const at::Tensor& u, const at::Te
   return op.call(w, u, v, sigma, dim);
 }
 
+std::vector<at::Tensor> call_normalize_list(at::TensorList w, at::TensorList u, at::TensorList v,
+                                            at::TensorList sigma, at::IntArrayRef dims) {
+  static auto op = c10::Dispatcher::singleton()
+                       .findSchemaOrThrow("fastgan::sn_normalize_list", "")
+                       .typed<std::vector<at::Tensor>(at::TensorList, at::TensorList, at::TensorList, at::TensorList,
+                                                      at::IntArrayRef)>();
+  return op.call(w, u, v, sigma, dims);
+}
+
 at::Tensor call_backward(const at::Tensor& g, const at::Tensor& w, const at::Tensor& u, const at::Tensor& v,
                          const at::Tensor& sigma, int64_t dim) {
   static auto op = c10::Dispatcher::singleton()
@@ -49,6 +58,37 @@ class SnNormalize : public torch::autograd::Function<SnNormalize> {
   }
 };
 
+// One node for all layers: apply() flattens the lists, so the inputs (and the gradients backward
+// returns) are w_0..w_n-1, u_0.., v_0.., sigma_0.., then dims.
+class SnNormalizeList : public torch::autograd::Function<SnNormalizeList> {
+ public:
+  static variable_list forward(AutogradContext* ctx, at::TensorList w, at::TensorList u, at::TensorList v,
+                               at::TensorList sigma, at::IntArrayRef dims) {
+    at::AutoDispatchBelowADInplaceOrView guard;
+    variable_list saved;
+    saved.reserve(4 * w.size());
+    for (at::TensorList list : {w, u, v, sigma}) saved.insert(saved.end(), list.begin(), list.end());
+    ctx->save_for_backward(saved);
+    ctx->saved_data["dims"] = dims.vec();
+    return call_normalize_list(w, u, v, sigma, dims);
+  }
+
+  static variable_list backward(AutogradContext* ctx, variable_list grads) {
+    auto s = ctx->get_saved_variables();
+    const auto dims = ctx->saved_data["dims"].toIntVector();
+    const size_t n = grads.size();
+    variable_list out(4 * n + 1);
+    for (size_t l = 0; l < n; ++l)
+      if (grads[l].defined()) out[l] = call_backward(grads[l], s[l], s[n + l], s[2 * n + l], s[3 * n + l], dims[l]);
+    return out;
+  }
+};
+
+std::vector<at::Tensor> sn_normalize_list_autograd(at::TensorList w, at::TensorList u, at::TensorList v,
+                                                   at::TensorList sigma, at::IntArrayRef dims) {
+  return SnNormalizeList::apply(w, u, v, sigma, dims);
+}
+
 at::Tensor sn_normalize_autograd(const at::Tensor& w, const at::Tensor& u, const at::Tensor& v,
                                  const at::Tensor& sigma, int64_t dim) {
   return SnNormalize::apply(w, u, v, sigma, dim);
@@ -56,6 +96,9 @@ at::Tensor sn_normalize_autograd(const at::Tensor& w, const at::Tensor& u, const
 
 }  // namespace
 
-TORCH_LIBRARY_IMPL(fastgan, Autograd, m) { m.impl("sn_normalize", &sn_normalize_autograd); }
+TORCH_LIBRARY_IMPL(fastgan, Autograd, m) {
+  m.impl("sn_normalize", &sn_normalize_autograd);
+  m.impl("sn_normalize_list", &sn_normalize_list_autograd);
+}
 
 }  // namespace fastgan

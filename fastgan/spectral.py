@@ -7,7 +7,8 @@ access in training mode and none in eval mode. What changes is how the numbers a
 * per layer (:func:`spectral_norm`): one fused op runs the power iteration (``fastgan::sn_power``)
   and one fused op computes ``W / sigma`` and its backward (``fastgan::sn_normalize``);
 * per model (:func:`apply_spectral_norm`): a forward pre-hook on the model runs the power iterations
-  of all its layers in one ``sn_power`` call per (device, dtype) and hands each layer its sigma.
+  of all its layers in one ``sn_power`` call per (device, dtype) and, on CPU, all their ``W / sigma``
+  in one ``sn_normalize_list`` call; each layer's weight access then returns its precomputed tensor.
 
 u and v are updated in place (as torch does, so DataParallel replicas write back), while autograd
 only ever keeps the fresh copies the op returns: two critic forwards before one backward, and DDP
@@ -50,6 +51,10 @@ def _sn_normalize_fake(weight, u, v, sigma, dim):
     return torch.empty_like(weight) if dense else weight.new_empty(weight.shape)
 
 
+def _sn_normalize_list_fake(weights, us, vs, sigmas, dims):
+    return [_sn_normalize_fake(w, u, v, s, d) for w, u, v, s, d in zip(weights, us, vs, sigmas, dims)]
+
+
 def _sn_normalize_backward_fake(grad, weight, u, v, sigma, dim):
     return weight.new_empty(weight.shape)
 
@@ -78,6 +83,9 @@ def register_sn(ns: str, autograd: bool = True) -> None:
 
 if _ext.has_kernel("sn_power", "CPU"):
     register_sn("fastgan", autograd=False)
+_HAS_NORMALIZE_LIST = _ext.has_kernel("sn_normalize_list", "CPU")  # an extension built before it lacks it
+if _HAS_NORMALIZE_LIST:
+    torch.library.register_fake("fastgan::sn_normalize_list")(_sn_normalize_list_fake)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -114,6 +122,14 @@ def _normalize(name, weight, u, v, sigma, dim):
     return _ops(name).sn_normalize(weight, u, v, sigma, dim)
 
 
+def _normalize_all(name, weights, us, vs, sigmas, dims):
+    """``_normalize`` of every layer; on CPU one ``sn_normalize_list`` call (one dispatch, one autograd
+    node) instead of one op call per layer, which costs more than the division for most layers."""
+    if name == "cpu" and _HAS_NORMALIZE_LIST:
+        return torch.ops.fastgan.sn_normalize_list(weights, us, vs, sigmas, dims)
+    return [_normalize(name, *a) for a in zip(weights, us, vs, sigmas, dims)]
+
+
 # ---------------------------------------------------------------------------------------------
 # the parametrization
 class _SpectralNorm(nn.Module):
@@ -126,7 +142,10 @@ class _SpectralNorm(nn.Module):
         self.eps = eps
         self.backend = backend
         self.n_power_iterations = n_power_iterations
-        self._handed = None  # (backend, sigma, u, v) from apply_spectral_norm's batched power iteration
+        # [W / sigma] from apply_spectral_norm's pre-hook, taken by the next access; a list, so the hook
+        # fills it without nn.Module.__setattr__ (microseconds per layer per forward)
+        self._handed = [None]
+        self._removed = False
         if ndim > 1:
             # the same draws, in the same order, as torch's _SpectralNorm.__init__
             weight_mat = reference.sn_weight_matrix(weight.detach(), self.dim)
@@ -156,11 +175,10 @@ class _SpectralNorm(nn.Module):
         if weight.ndim == 1:  # torch: normalized exactly, no power iteration
             return F.normalize(weight, dim=0, eps=self.eps)
         handed = self._handed
-        if handed is not None:
-            self._handed = None
-        else:
-            handed = self._iterate(weight, self.n_power_iterations if self.training else 0)
-        name, sigma, u, v = handed
+        if handed[0] is not None:
+            w_sn, handed[0] = handed[0], None
+            return w_sn
+        name, sigma, u, v = self._iterate(weight, self.n_power_iterations if self.training else 0)
         return _normalize(name, weight, u, v, sigma, self.dim)
 
     def right_inverse(self, value):
@@ -301,7 +319,9 @@ def remove_spectral_norm(module, name="weight"):
 
 class _BatchedPowerIteration:
     """Forward pre-hook of a model: one ``sn_power`` call per (device, dtype, settings) for all its
-    spectrally normalized layers; each layer then only normalizes (``W / sigma``) on access."""
+    spectrally normalized layers, then every ``W / sigma`` (with autograd); each layer's weight access
+    returns its tensor. Parameters and buffers are read from the module dicts: ``.to()`` and
+    ``load_state_dict`` may replace them, and attribute access costs microseconds per layer."""
 
     def __init__(self, layers):
         self.layers = layers  # [(ParametrizationList, _SpectralNorm)]
@@ -309,9 +329,9 @@ class _BatchedPowerIteration:
     def __call__(self, model, args):
         groups = {}
         for plist, sn in self.layers:
-            if getattr(sn, "_removed", False):
+            if sn._removed:
                 continue
-            w = plist.original
+            w = plist._parameters["original"]
             if isinstance(w, _DTensor):
                 continue  # FSDP unshards it only when its own module runs; the layer iterates itself then
             n = sn.n_power_iterations if sn.training else 0
@@ -319,20 +339,21 @@ class _BatchedPowerIteration:
             groups.setdefault(key, []).append((w, sn))
         for (device, _, n, eps, backend), items in groups.items():
             name = _resolve(backend, device.type)
+            ws = [w for w, _ in items]
             sns = [sn for _, sn in items]
-            us, vs = [sn._u for sn in sns], [sn._v for sn in sns]
-            sigmas, u_new, v_new = _power(name, [w.detach() for w, _ in items], us, vs, [sn.dim for sn in sns],
-                                          n, eps)
+            us, vs = [sn._buffers["_u"] for sn in sns], [sn._buffers["_v"] for sn in sns]
+            dims = [sn.dim for sn in sns]
+            sigmas, u_new, v_new = _power(name, [w.detach() for w in ws], us, vs, dims, n, eps)
             if n:
                 with torch.no_grad():
                     torch._foreach_copy_(us + vs, u_new + v_new)
-            for sn, s, u, v in zip(sns, sigmas, u_new, v_new):
-                sn._handed = (name, s, u, v)
+            for sn, w_sn in zip(sns, _normalize_all(name, ws, u_new, v_new, sigmas, dims)):
+                sn._handed[0] = w_sn
 
     def clear(self, model, args, output):
-        # a layer that the forward did not use must not pick up a stale sigma later
+        # a layer that the forward did not use must not pick up a stale W / sigma later
         for _, sn in self.layers:
-            sn._handed = None
+            sn._handed[0] = None
 
 
 def apply_spectral_norm(model, *, n_power_iterations=1, eps=1e-12, backend="auto"):

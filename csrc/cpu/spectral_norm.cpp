@@ -15,6 +15,7 @@
 #include <torch/library.h>
 
 #include <cmath>
+#include <cstring>
 #include <vector>
 
 #include "../sn_layout.h"
@@ -164,6 +165,15 @@ T power_layer(const T* W, const SnMat& m, T* u, T* v, int64_t n_iter, double eps
 
 at::ScalarType compute_type(at::ScalarType t) { return t == at::kDouble ? at::kDouble : at::kFloat; }
 
+// A fresh contiguous copy of x in dtype ct. sn_power runs once per forward for every layer: a plain
+// memcpy avoids two dispatcher round trips (to + contiguous) per vector when x already fits.
+at::Tensor fresh_copy(const at::Tensor& x, at::ScalarType ct) {
+  if (x.scalar_type() != ct || !x.is_contiguous()) return x.to(ct, /*non_blocking=*/false, /*copy=*/true).contiguous();
+  at::Tensor out = at::empty(x.sizes(), x.options());
+  std::memcpy(out.data_ptr(), x.const_data_ptr(), x.nbytes());
+  return out;
+}
+
 std::tuple<std::vector<at::Tensor>, std::vector<at::Tensor>, std::vector<at::Tensor>> sn_power_cpu(
     at::TensorList weights, at::TensorList us, at::TensorList vs, at::IntArrayRef dims, int64_t n_iter, double eps) {
   sn_check_lists(weights, us, vs, dims);
@@ -171,10 +181,11 @@ std::tuple<std::vector<at::Tensor>, std::vector<at::Tensor>, std::vector<at::Ten
   std::vector<at::Tensor> sigmas, u_out, v_out;
   for (size_t l = 0; l < weights.size(); ++l) {
     const auto ct = compute_type(weights[l].scalar_type());
-    at::Tensor w = weights[l].to(ct).contiguous();
+    const at::Tensor& wl = weights[l];
+    at::Tensor w = wl.scalar_type() == ct && wl.is_contiguous() ? wl : wl.to(ct).contiguous();
     // fresh working copies: the results are new tensors, the inputs stay untouched
-    at::Tensor u = us[l].to(ct, /*non_blocking=*/false, /*copy=*/true).contiguous();
-    at::Tensor v = vs[l].to(ct, false, true).contiguous();
+    at::Tensor u = fresh_copy(us[l], ct);
+    at::Tensor v = fresh_copy(vs[l], ct);
     at::Tensor sigma = at::empty({}, w.options());
     const SnMat m = sn_mat(w, dims[l]);
     AT_DISPATCH_FLOATING_TYPES(ct, "sn_power_cpu", [&] {
@@ -182,15 +193,18 @@ std::tuple<std::vector<at::Tensor>, std::vector<at::Tensor>, std::vector<at::Ten
                                                         v.mutable_data_ptr<scalar_t>(), n_iter, eps);
     });
     sigmas.push_back(sigma);
-    u_out.push_back(u.to(us[l].scalar_type()));
-    v_out.push_back(v.to(vs[l].scalar_type()));
+    u_out.push_back(u.scalar_type() == us[l].scalar_type() ? u : u.to(us[l].scalar_type()));
+    v_out.push_back(v.scalar_type() == vs[l].scalar_type() ? v : v.to(vs[l].scalar_type()));
   }
   return {sigmas, u_out, v_out};
 }
 
 double sigma_value(const at::Tensor& sigma) {
   TORCH_CHECK(sigma.numel() == 1, "spectral norm: sigma must have one element, got ", sigma.sizes());
-  return sigma.to(at::kDouble).item<double>();  // CPU tensor: no device synchronisation
+  // CPU tensor: no device synchronisation; read in place when possible (a to() per layer shows)
+  if (sigma.scalar_type() == at::kFloat) return *sigma.const_data_ptr<float>();
+  if (sigma.scalar_type() == at::kDouble) return *sigma.const_data_ptr<double>();
+  return sigma.to(at::kDouble).item<double>();
 }
 
 at::Tensor sn_normalize_cpu(const at::Tensor& weight, const at::Tensor& u, const at::Tensor& v,
@@ -218,6 +232,19 @@ at::Tensor sn_normalize_cpu(const at::Tensor& weight, const at::Tensor& u, const
       }
     });
   });
+  return out;
+}
+
+// sn_normalize of every layer of a model in one call (one dispatch, one autograd node).
+std::vector<at::Tensor> sn_normalize_list_cpu(at::TensorList weights, at::TensorList us, at::TensorList vs,
+                                              at::TensorList sigmas, at::IntArrayRef dims) {
+  const size_t n = weights.size();
+  TORCH_CHECK(us.size() == n && vs.size() == n && sigmas.size() == n && dims.size() == n,
+              "sn_normalize_list: weights, us, vs, sigmas and dims must have the same length, got ", n, ", ",
+              us.size(), ", ", vs.size(), ", ", sigmas.size(), ", ", dims.size());
+  std::vector<at::Tensor> out;
+  out.reserve(n);
+  for (size_t l = 0; l < n; ++l) out.push_back(sn_normalize_cpu(weights[l], us[l], vs[l], sigmas[l], dims[l]));
   return out;
 }
 
@@ -276,6 +303,7 @@ at::Tensor sn_normalize_backward_cpu(const at::Tensor& grad, const at::Tensor& w
 TORCH_LIBRARY_IMPL(fastgan, CPU, m) {
   m.impl("sn_power", &sn_power_cpu);
   m.impl("sn_normalize", &sn_normalize_cpu);
+  m.impl("sn_normalize_list", &sn_normalize_list_cpu);
   m.impl("sn_normalize_backward", &sn_normalize_backward_cpu);
 }
 
