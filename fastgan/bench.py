@@ -410,11 +410,13 @@ def sn_cases(device, quick):
         models = {k: m.to(device).train() for k, m in _sn_variants(make, backends).items()}
         F = torch.nn.functional
 
-        def step(m, x=x, y=y):  # bound now: the generator moves on to the next critic
+        # x, y and step itself bound now: the bench builds every case (the next critic's step
+        # rebinds `step`) before it runs any
+        def step(m, x=x, y=y):
             loss = F.relu(1 - m(x)).mean() + F.relu(1 + m(y)).mean()
             return torch.autograd.grad(loss, list(m.parameters()))
 
-        impls = {name: (lambda m=m: step(m)) for name, m in models.items()}
+        impls = {name: (lambda m=m, step=step: step(m)) for name, m in models.items()}
         cm = copy.deepcopy(models["eager"])
         cf = torch.compile(cm)
         state = copy.deepcopy(cm.state_dict())

@@ -51,3 +51,29 @@ def test_bench_rejects_cuda_without_gpu(tmp_path):
                          capture_output=True, text=True, timeout=300)
     assert res.returncode == 2 and "no CUDA device" in res.stderr
     assert not (tmp_path / "x").exists()
+
+
+def test_sn_step_case_keeps_its_inputs_when_later_cases_are_built(monkeypatch):
+    """`python -m fastgan bench` builds every case before running any: the DCGAN SN-step case must
+    still run on its own inputs once the generator has built the SNGAN cases after it (its closure
+    over `step` once picked up the SNGAN step's x, y: fastgan's grads then looked wrong vs float64
+    only because one pre-activation sat within float32 rounding of LeakyReLU's kink)."""
+    import torch
+
+    from fastgan import _bench_models, bench
+
+    # tiny critics, no torch.compile trial: only which inputs a case uses is under test
+    monkeypatch.setattr(bench, "dcgan_critic", lambda ch=4: _bench_models.dcgan_critic(4))
+    monkeypatch.setattr(bench, "SNGANResNetCritic", lambda ch=4: _bench_models.SNGANResNetCritic(4))
+    monkeypatch.setattr(bench, "_works", lambda fn, what: (None, "not tried in this test"))
+    cpu = torch.device("cpu")
+    gen = bench.sn_cases(cpu, False)
+    next(gen)
+    alone = next(gen)  # the DCGAN step case, run before the generator moves on
+    assert "DCGAN" in alone.shape and "step" in alone.op
+    expected = [t.clone() for t in bench._flat(alone.impls["eager"]())]
+    cases = list(bench.sn_cases(cpu, False))  # built the way the bench command builds them
+    assert len(cases) == 4 and cases[1].shape == alone.shape
+    got = bench._flat(cases[1].impls["eager"]())
+    assert len(got) == len(expected)
+    assert all(torch.equal(a, b) for a, b in zip(got, expected))

@@ -169,14 +169,18 @@ def torch_sn_all(model, n_iter=1):
     return model
 
 
-def critic_pair(dtype, backend, n_iter=1):
+def critic_pair(dtype, backend, n_iter=1, batched=True):
     torch.manual_seed(0)
     a = Critic().to(dtype)
     b = copy.deepcopy(a)
     torch.manual_seed(1)
     torch_sn_all(a, n_iter)
     torch.manual_seed(1)
-    fg.apply_spectral_norm(b, n_power_iterations=n_iter, backend=backend)
+    if batched:
+        fg.apply_spectral_norm(b, n_power_iterations=n_iter, backend=backend)
+    else:  # modules() order: the same RNG draws as torch_sn_all
+        for m in [m for m in b.modules() if isinstance(m, (nn.Linear, nn.Conv2d, nn.ConvTranspose2d, nn.Embedding))]:
+            fg.spectral_norm(m, n_power_iterations=n_iter, backend=backend)
     return a, b
 
 
@@ -185,10 +189,14 @@ def critic_losses(D, real, fake, y):
     return D(fake, y).mean() - D(real, y).mean()
 
 
-@pytest.mark.parametrize("backend, dtype", [(b, dt) for b in BACKENDS for dt in (torch.float64, torch.float32)
-                                            if b != "triton" or dt == torch.float32])
-def test_apply_spectral_norm_matches_torch(backend, dtype):
-    a, b = critic_pair(dtype, backend, n_iter=2)
+@pytest.mark.parametrize("backend, dtype, batched", [(b, dt, True) for b in BACKENDS
+                                                     for dt in (torch.float64, torch.float32)
+                                                     if b != "triton" or dt == torch.float32]
+                         + [(b, torch.float64, False) for b in BACKENDS if b != "triton"])
+def test_apply_spectral_norm_matches_torch(backend, dtype, batched):
+    """Two forwards (real, fake) before each backward, over a few optimizer steps: gradients, buffers
+    and outputs equal torch's, batched (apply_spectral_norm) and per layer (spectral_norm)."""
+    a, b = critic_pair(dtype, backend, n_iter=2, batched=batched)
     tol = TOL[dtype]
     opt_a = torch.optim.Adam(a.parameters(), lr=1e-2)
     opt_b = torch.optim.Adam(b.parameters(), lr=1e-2)
