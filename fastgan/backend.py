@@ -17,9 +17,12 @@ from . import _ext
 
 BACKENDS = ("reference", "cpu", "cuda", "triton")
 
-# What "auto" picks per (op, device type), from measurements (benchmarks/, `python -m fastgan
-# bench`). A backend is listed here only once its tests have passed on that device type: CUDA and
-# Triton kernels have not yet run on a GPU (no GPU was lent), so CUDA tensors use the reference.
+# What "auto" picks per (op, device type), from measurements. Regenerate with
+# `python -m fastgan bench [--device cuda]`: it ends with the fastest backend per case for each
+# entry below, and says when the answer depends on size (then this table needs a size rule).
+# CPU: "cpu" was fastest on every measured case (benchmarks/results/cpu-epyc-2core/results.md).
+# A backend is listed here only once its tests have passed on that device type: CUDA and Triton
+# kernels have not yet run on a GPU (no GPU was lent), so CUDA tensors use the reference.
 AUTO = {
     ("grad_norm_penalty", "cpu"): "cpu",
     ("grad_norm_penalty", "cuda"): "reference",
