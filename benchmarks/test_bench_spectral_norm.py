@@ -23,6 +23,7 @@ from torch import nn
 from torch.nn.utils.parametrizations import spectral_norm as torch_sn
 
 import fastgan as fg
+from fastgan._bench_models import SNGANResNetCritic
 from fastgan import spectral
 
 VARIANTS = ["none", "torch", "fg_layer", "fg_batched"]
@@ -35,41 +36,6 @@ def dcgan_critic():
         nn.Conv2d(64, 128, 4, 2, 1), nn.LeakyReLU(0.1),
         nn.Conv2d(128, 256, 4, 2, 1), nn.LeakyReLU(0.1),
         nn.Conv2d(256, 1, 4, 1, 0), nn.Flatten())
-
-
-class ResBlock(nn.Module):
-    def __init__(self, c_in, c_out, down, first=False):
-        super().__init__()
-        self.c1 = nn.Conv2d(c_in, c_out, 3, 1, 1)
-        self.c2 = nn.Conv2d(c_out, c_out, 3, 1, 1)
-        self.sc = nn.Conv2d(c_in, c_out, 1) if (down or c_in != c_out) else None
-        self.down, self.first = down, first
-
-    def forward(self, x):
-        h = x if self.first else F.relu(x)
-        h = self.c2(F.relu(self.c1(h)))
-        s = x
-        if self.first:
-            s = self.sc(F.avg_pool2d(s, 2))
-        elif self.sc is not None:
-            s = self.sc(s)
-        if self.down:
-            h = F.avg_pool2d(h, 2)
-            if not self.first:
-                s = F.avg_pool2d(s, 2)
-        return h + s
-
-
-class SNGANResNetCritic(nn.Module):
-    def __init__(self, ch=64):
-        super().__init__()
-        self.blocks = nn.Sequential(ResBlock(3, ch, True, first=True), ResBlock(ch, ch, True),
-                                    ResBlock(ch, ch, False), ResBlock(ch, ch, False))
-        self.fc = nn.Linear(ch, 1)
-
-    def forward(self, x):
-        h = F.relu(self.blocks(x)).sum(dim=(2, 3))
-        return self.fc(h)
 
 
 CRITICS = {"dcgan": dcgan_critic, "sngan_resnet": SNGANResNetCritic}
