@@ -17,7 +17,6 @@ Groups per critic:
 """
 import pytest
 import torch
-import torch.nn.functional as F
 from conftest import THREADS
 from torch import nn
 from torch.nn.utils.parametrizations import spectral_norm as torch_sn
