@@ -32,9 +32,8 @@ def _sync(device):
         torch.cuda.synchronize(device)
 
 
-def measure(fn, device, min_time=0.25, min_samples=15, max_samples=200):
-    """Per-call seconds of ``fn``: warm-up, then many samples; each sample times ``k`` calls so that
-    it lasts >= ~0.5 ms (timer resolution). CUDA: events around the calls."""
+def _calls_per_sample(fn, device):
+    """Warm up, then how many calls make one sample last >= ~0.5 ms (timer resolution)."""
     for _ in range(3):
         fn()
     _sync(device)
@@ -42,29 +41,52 @@ def measure(fn, device, min_time=0.25, min_samples=15, max_samples=200):
     fn()
     _sync(device)
     one = max(time.perf_counter() - t0, 1e-7)
-    k = max(1, min(1000, int(5e-4 / one)))
-    samples = []
-    deadline = time.perf_counter() + min_time
-    while len(samples) < min_samples or (time.perf_counter() < deadline and len(samples) < max_samples):
-        if device.type == "cuda":
-            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-            start.record()
-            for _ in range(k):
-                fn()
-            end.record()
-            end.synchronize()
-            samples.append(start.elapsed_time(end) / 1e3 / k)
-        else:
-            t0 = time.perf_counter()
-            for _ in range(k):
-                fn()
-            samples.append((time.perf_counter() - t0) / k)
-    samples.sort()
+    return max(1, min(1000, int(5e-4 / one)))
+
+
+def _sample(fn, device, k):
+    """Seconds per call over k calls (CUDA: events around the calls)."""
+    if device.type == "cuda":
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+        for _ in range(k):
+            fn()
+        end.record()
+        end.synchronize()
+        return start.elapsed_time(end) / 1e3 / k
+    t0 = time.perf_counter()
+    for _ in range(k):
+        fn()
+    return (time.perf_counter() - t0) / k
+
+
+def _stats(samples, k):
+    samples = sorted(samples)
 
     def q(p):
         return samples[min(len(samples) - 1, int(p * len(samples)))]
 
     return {"median_s": q(0.5), "p20_s": q(0.2), "p80_s": q(0.8), "samples": len(samples), "calls_per_sample": k}
+
+
+def measure_interleaved(fns, device, min_time=0.25, min_samples=15, max_samples=200):
+    """Per-call seconds of each of ``fns`` ({name: fn}), sampled round-robin so that every
+    contender sees the same machine state (load drifts; sequential timing would bias ratios)."""
+    ks = {name: _calls_per_sample(fn, device) for name, fn in fns.items()}
+    samples = {name: [] for name in fns}
+    names = list(fns)
+    deadline = time.perf_counter() + min_time * len(fns)
+    r = 0
+    while r < min_samples or (time.perf_counter() < deadline and r < max_samples):
+        for name in names[r % len(names):] + names[:r % len(names)]:  # rotate who goes first
+            samples[name].append(_sample(fns[name], device, ks[name]))
+        r += 1
+    return {name: _stats(samples[name], ks[name]) for name in fns}
+
+
+def measure(fn, device, min_time=0.25, min_samples=15, max_samples=200):
+    """Per-call seconds of one ``fn``: warm-up, then many samples (median, 20/80 percentiles)."""
+    return measure_interleaved({"fn": fn}, device, min_time, min_samples, max_samples)["fn"]
 
 
 def copy_bandwidth(device, nbytes):
@@ -449,21 +471,22 @@ def run_case(case, device, copy_bw, quick):
     rows = []
     # outputs may be views of live state (parameters): keep a copy of the reference's
     ref = [None if t is None else t.detach().clone() for t in _flat(case.impls["eager"]())]
-    timings = {}
+    ok, rows, runnable = {}, [], {}
     for name, fn in case.impls.items():
         try:
             out = fn()
-            ok = None if name in case.unchecked else (name == "eager" or bool(case.check(out, ref)))
-            t = measure(fn, device, min_time=0.05 if quick else 0.3, min_samples=7 if quick else 15)
+            ok[name] = None if name in case.unchecked else (name == "eager" or bool(case.check(out, ref)))
+            runnable[name] = fn
         except Exception as e:  # noqa: BLE001  (a failing implementation is reported, not fatal)
             msg = f"{type(e).__name__}: {str(e).strip().splitlines()[0] if str(e).strip() else ''}"[:200]
             if name.startswith("fastgan:"):
                 rows.append({"op": case.op, "shape": case.shape, "impl": name, "error": msg})
             else:  # a baseline that breaks (torch.compile of torch's own code) is a finding, not a failure
                 rows.append({"op": case.op, "shape": case.shape, "impl": name, "skipped": f"failed: {msg}"})
-            continue
-        timings[name] = t["median_s"]
-        row = {"op": case.op, "shape": case.shape, "impl": name, "matched": ok, **t}
+    stats = measure_interleaved(runnable, device, min_time=0.05 if quick else 0.3, min_samples=7 if quick else 15)
+    timings = {name: t["median_s"] for name, t in stats.items()}
+    for name, t in stats.items():
+        row = {"op": case.op, "shape": case.shape, "impl": name, "matched": ok[name], **t}
         if case.nbytes:
             row["bytes"] = case.nbytes
             row["GBps"] = case.nbytes / t["median_s"] / 1e9
