@@ -21,6 +21,13 @@ TORCH_LIBRARY(fastgan, m) {
   m.def(
       "gnp_backward(Tensor grad_phi, Tensor grads, Tensor norms, float target, float power, "
       "bool one_sided) -> Tensor");
+  // Reduced form (CPU): loss = scale * sum_i phi_i as a 0-d tensor of grads' dtype (accumulated
+  // in the accumulation dtype), and norms as above. scale = 1/B gives the mean.
+  m.def("gnp_loss(Tensor grads, float target, float power, bool one_sided, float scale) -> (Tensor, Tensor)");
+  // dL/dgrads_i = c_i * grads_i with c_i = grad_loss * scale * phi'(n_i) / n_i.
+  m.def(
+      "gnp_loss_backward(Tensor grad_loss, Tensor grads, Tensor norms, float target, float power, "
+      "bool one_sided, float scale) -> Tensor");
   // --- spectral norm (issue 4) ---
   // Power iteration for a list of weights (one call for all layers of a model). Each weight W is
   // viewed as the matrix W_mat (size(dim), -1) with dim moved to the front. n_iter times:

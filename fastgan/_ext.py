@@ -32,6 +32,14 @@ def _gnp_backward_fake(grad_phi, grads, norms, target, power, one_sided):
     return empty_like_rows(as_dense_rows(grads))
 
 
+def _gnp_loss_fake(grads, target, power, one_sided, scale):
+    return grads.new_empty(()), grads.new_empty((grads.shape[0],), dtype=acc_dtype(grads.dtype))
+
+
+def _gnp_loss_backward_fake(grad_loss, grads, norms, target, power, one_sided, scale):
+    return empty_like_rows(as_dense_rows(grads))
+
+
 def register_gnp(ns: str, autograd: bool = True) -> None:
     """Fake kernels and (``autograd``) the autograd of ``{ns}::gnp_forward`` / ``{ns}::gnp_backward``.
 
@@ -58,3 +66,6 @@ def register_gnp(ns: str, autograd: bool = True) -> None:
 
 if _C is not None:
     register_gnp("fastgan", autograd=False)
+    # gnp_loss (CPU): the penalty reduced inside the kernel; autograd in C++ as well.
+    torch.library.register_fake("fastgan::gnp_loss")(_gnp_loss_fake)
+    torch.library.register_fake("fastgan::gnp_loss_backward")(_gnp_loss_backward_fake)

@@ -62,6 +62,19 @@ def _gnp(grads, target, power, one_sided, backend):
     return torch.ops.fastgan.gnp_forward(grads, float(target), float(power), bool(one_sided))
 
 
+def _gnp_loss(grads, target, power, one_sided, reduction, weight, backend):
+    """(weight * reduce_i phi_i in grads' dtype, norms in the accumulation dtype)."""
+    name = resolve("grad_norm_penalty", backend, grads.device)
+    if name == "cpu" and reduction != "none":
+        # one op for phi, the reduction and the weight: the eager mean and its backward node cost
+        # more than the kernels at GAN sizes on CPU
+        scale = weight / grads.shape[0] if reduction == "mean" else weight
+        return torch.ops.fastgan.gnp_loss(grads, float(target), float(power), bool(one_sided), float(scale))
+    phi, norms = _gnp(grads, target, power, one_sided, name)
+    loss = reference.reduce(phi, reduction)
+    return (loss if weight == 1 else weight * loss).to(grads.dtype), norms
+
+
 def grad_norm_penalty(grads, *, target=1.0, power=2.0, one_sided=False, reduction="mean", backend="auto"):
     r"""Per-sample gradient-norm penalty: ``reduce_i phi(||g_i||_2)``.
 
@@ -85,8 +98,7 @@ def grad_norm_penalty(grads, *, target=1.0, power=2.0, one_sided=False, reductio
         raise TypeError(f"one_sided must be a bool, got {one_sided!r}")
     if reduction not in _REDUCTIONS:
         raise ValueError(f"reduction must be one of {_REDUCTIONS}, got {reduction!r}")
-    phi, _ = _gnp(grads, target, power, one_sided, backend)
-    return reference.reduce(phi, reduction).to(grads.dtype)
+    return _gnp_loss(grads, target, power, one_sided, reduction, 1.0, backend)[0]
 
 
 # --------------------------------------------------------------------------------------------
@@ -113,8 +125,7 @@ def _critic_grad(D, x):
 
 
 def _penalty(g, weight, target, power, one_sided, return_norms):
-    phi, norms = _gnp(g, target, power, one_sided, "auto")
-    loss = (weight * phi.mean()).to(g.dtype)
+    loss, norms = _gnp_loss(g, target, power, one_sided, "mean", weight, "auto")
     return (loss, norms.to(g.dtype)) if return_norms else loss
 
 

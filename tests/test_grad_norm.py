@@ -129,15 +129,18 @@ def test_layouts(backend, device):
 @pytest.mark.parametrize("backend", [b for b in available_backends() if b == "cpu"])
 def test_dense_layouts_are_not_copied(backend):
     """channels_last and batch-sliced gradients are read in place: no copy kernel runs."""
+    def full_copies(g):
+        with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU], record_shapes=True) as prof:
+            torch.autograd.grad(fg.grad_norm_penalty(g, backend=backend), g)  # .backward() would add
+            # AccumulateGrad's own copy into g's (non-dense) layout
+        copies = [(e.name, e.input_shapes) for e in prof.events()
+                  if e.name in ("aten::contiguous", "aten::clone", "aten::copy_", "aten::_to_copy")]
+        return [c for c in copies if any(list(s) == list(g.shape) for s in c[1])]
+
+    # control: a row with gaps must be copied, and the profiler must see that copy
+    assert full_copies(torch.randn(4, 3, 16, 32)[..., ::2].requires_grad_(True)), "check the test"
     g = torch.randn(8, 3, 16, 16).to(memory_format=torch.channels_last)[::2].requires_grad_(True)
-    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU], record_shapes=True) as prof:
-        torch.autograd.grad(fg.grad_norm_penalty(g, backend=backend), g)  # .backward() would add
-        # AccumulateGrad's own copy into g's (non-dense) layout
-    copies = [(e.name, e.input_shapes) for e in prof.events()
-              if e.name in ("aten::contiguous", "aten::clone", "aten::copy_", "aten::_to_copy")]
-    assert copies, "the profiler saw no copies at all (the (B,)-sized ones are expected): check the test"
-    full = [c for c in copies if any(list(s) == list(g.shape) for s in c[1])]
-    assert not full, full
+    assert not full_copies(g)
 
 
 @pytest.mark.parametrize("backend,device", RUNS)
@@ -180,8 +183,10 @@ def test_gradcheck(backend, device, cfg):
     torch.manual_seed(0)
     g = torch.randn(3, 2, 5, device=device, dtype=torch.float64).requires_grad_(True)
     t, p, o = cfg
-    assert torch.autograd.gradcheck(
-        lambda x: fg.grad_norm_penalty(x, target=t, power=p, one_sided=o, reduction="none", backend=backend), (g,))
+    for reduction in ("none", "mean", "sum"):  # the CPU backend fuses mean/sum into its own op
+        assert torch.autograd.gradcheck(
+            lambda x: fg.grad_norm_penalty(x, target=t, power=p, one_sided=o, reduction=reduction, backend=backend),
+            (g,))
 
 
 def _op_samples(device):
@@ -203,6 +208,10 @@ def test_opcheck(backend, device):
             torch.library.opcheck(ns.gnp_forward.default, (g, t, p, o))
             phi, norms = ns.gnp_forward(g.detach(), t, p, o)
             torch.library.opcheck(ns.gnp_backward.default, (torch.randn_like(phi), g.detach(), norms, t, p, o))
+            if backend == "cpu":  # the reduced form
+                torch.library.opcheck(ns.gnp_loss.default, (g, t, p, o, 0.3))
+                torch.library.opcheck(ns.gnp_loss_backward.default,
+                                      (torch.randn((), dtype=g.dtype), g.detach(), norms, t, p, o, 0.3))
 
 
 @pytest.mark.parametrize("backend", [b for b in available_backends() if b == "cpu"])

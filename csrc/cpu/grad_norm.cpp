@@ -88,50 +88,105 @@ void scale_into(scalar_t* out, const scalar_t* in, int64_t n, acc_type<scalar_t>
   for (; i < n; ++i) out[i] = static_cast<scalar_t>(static_cast<acc_t>(in[i]) * c);
 }
 
+// Fills norms[r] = ||g_r|| and phi[r] = phi(||g_r||) for every row of `grads` (dense rows).
+template <typename scalar_t>
+void rows_phi(const at::Tensor& grads, double target, double power, bool one_sided, acc_type<scalar_t>* phi_p,
+              acc_type<scalar_t>* norm_p) {
+  using acc_t = acc_type<scalar_t>;
+  const int64_t B = grads.size(0);
+  const int64_t N = B == 0 ? 0 : grads.numel() / B;
+  if (B == 0) return;
+  const int64_t row_stride = grads.stride(0);
+  const int64_t chunks = std::max<int64_t>(1, (N + kChunk - 1) / kChunk);
+  const scalar_t* g = grads.const_data_ptr<scalar_t>();
+  const acc_t t = static_cast<acc_t>(target), p = static_cast<acc_t>(power);
+  auto finish_row = [&](int64_t r, acc_t s) {
+    acc_t n = std::sqrt(s);
+    norm_p[r] = n;
+    phi_p[r] = gnp_phi<acc_t>(s, n, t, p, one_sided);
+  };
+  if (chunks == 1) {
+    at::parallel_for(0, B, std::max<int64_t>(1, kGrain / std::max<int64_t>(N, 1)), [&](int64_t b0, int64_t b1) {
+      for (int64_t r = b0; r < b1; ++r) finish_row(r, sum_squares(g + r * row_stride, N));
+    });
+    return;
+  }
+  std::vector<acc_t> partial(B * chunks);
+  at::parallel_for(0, B * chunks, kGrain / kChunk, [&](int64_t k0, int64_t k1) {
+    for (int64_t k = k0; k < k1; ++k) {
+      int64_t r = k / chunks, c = k % chunks;
+      int64_t start = c * kChunk, len = std::min(kChunk, N - start);
+      partial[k] = sum_squares(g + r * row_stride + start, len);
+    }
+  });
+  for (int64_t r = 0; r < B; ++r) {
+    acc_t s = 0;
+    for (int64_t c = 0; c < chunks; ++c) s += partial[r * chunks + c];
+    finish_row(r, s);
+  }
+}
+
+at::ScalarType acc_dtype_of(const at::Tensor& grads) {
+  return grads.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
+}
+
 std::tuple<at::Tensor, at::Tensor> gnp_forward_cpu(const at::Tensor& grads_in, double target,
                                                    double power, bool one_sided) {
   check_grads(grads_in, "gnp_forward");
   at::Tensor grads = as_dense_rows(grads_in);
   const int64_t B = grads.size(0);
-  const int64_t N = B == 0 ? 0 : grads.numel() / B;
-  const int64_t row_stride = grads.stride(0);
-  auto acc_dtype = grads.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
-  at::Tensor phi = at::empty({B}, grads.options().dtype(acc_dtype));
-  at::Tensor norms = at::empty({B}, grads.options().dtype(acc_dtype));
-  if (B == 0) return {phi, norms};
-  const int64_t chunks = std::max<int64_t>(1, (N + kChunk - 1) / kChunk);
+  at::Tensor phi = at::empty({B}, grads.options().dtype(acc_dtype_of(grads)));
+  at::Tensor norms = at::empty({B}, grads.options().dtype(acc_dtype_of(grads)));
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, grads.scalar_type(), "gnp_forward_cpu", [&] {
     using acc_t = acc_type<scalar_t>;
-    const scalar_t* g = grads.const_data_ptr<scalar_t>();
-    acc_t* phi_p = phi.mutable_data_ptr<acc_t>();
-    acc_t* norm_p = norms.mutable_data_ptr<acc_t>();
-    const acc_t t = static_cast<acc_t>(target), p = static_cast<acc_t>(power);
-    auto finish_row = [&](int64_t r, acc_t s) {
-      acc_t n = std::sqrt(s);
-      norm_p[r] = n;
-      phi_p[r] = gnp_phi<acc_t>(s, n, t, p, one_sided);
-    };
-    if (chunks == 1) {
-      at::parallel_for(0, B, std::max<int64_t>(1, kGrain / std::max<int64_t>(N, 1)), [&](int64_t b0, int64_t b1) {
-        for (int64_t r = b0; r < b1; ++r) finish_row(r, sum_squares(g + r * row_stride, N));
-      });
-      return;
-    }
-    std::vector<acc_t> partial(B * chunks);
-    at::parallel_for(0, B * chunks, kGrain / kChunk, [&](int64_t k0, int64_t k1) {
-      for (int64_t k = k0; k < k1; ++k) {
-        int64_t r = k / chunks, c = k % chunks;
-        int64_t start = c * kChunk, len = std::min(kChunk, N - start);
-        partial[k] = sum_squares(g + r * row_stride + start, len);
-      }
-    });
-    for (int64_t r = 0; r < B; ++r) {
-      acc_t s = 0;
-      for (int64_t c = 0; c < chunks; ++c) s += partial[r * chunks + c];
-      finish_row(r, s);
-    }
+    rows_phi<scalar_t>(grads, target, power, one_sided, phi.mutable_data_ptr<acc_t>(), norms.mutable_data_ptr<acc_t>());
   });
   return {phi, norms};
+}
+
+// loss = scale * sum_r phi_r: the reduction happens here rather than in two more ops (and two
+// more autograd nodes) that cost more than the kernel at GAN batch sizes.
+std::tuple<at::Tensor, at::Tensor> gnp_loss_cpu(const at::Tensor& grads_in, double target, double power,
+                                                bool one_sided, double scale) {
+  check_grads(grads_in, "gnp_loss");
+  at::Tensor grads = as_dense_rows(grads_in);
+  const int64_t B = grads.size(0);
+  at::Tensor loss = at::empty({}, grads.options());
+  at::Tensor norms = at::empty({B}, grads.options().dtype(acc_dtype_of(grads)));
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, grads.scalar_type(), "gnp_loss_cpu", [&] {
+    using acc_t = acc_type<scalar_t>;
+    std::vector<acc_t> phi(B);
+    rows_phi<scalar_t>(grads, target, power, one_sided, phi.data(), norms.mutable_data_ptr<acc_t>());
+    acc_t s = 0;
+    for (int64_t r = 0; r < B; ++r) s += phi[r];
+    *loss.mutable_data_ptr<scalar_t>() = static_cast<scalar_t>(s * static_cast<acc_t>(scale));
+  });
+  return {loss, norms};
+}
+
+// out_r = coef(r) * g_r for every row, where coef(r) receives the row's upstream gradient.
+template <typename scalar_t, typename GradPhi>
+void scale_rows(const at::Tensor& grads, at::Tensor& out, const at::Tensor& norms, double target, double power,
+                bool one_sided, GradPhi grad_phi) {
+  using acc_t = acc_type<scalar_t>;
+  const int64_t B = grads.size(0);
+  const int64_t N = grads.numel() / B;
+  const int64_t row_stride = grads.stride(0);
+  const int64_t chunks = (N + kChunk - 1) / kChunk;
+  at::Tensor nrm = norms.to(c10::CppTypeToScalarType<acc_t>::value).contiguous();
+  const acc_t* norm_p = nrm.const_data_ptr<acc_t>();
+  const acc_t t = static_cast<acc_t>(target), p = static_cast<acc_t>(power);
+  std::vector<acc_t> coef(B);
+  for (int64_t r = 0; r < B; ++r) coef[r] = gnp_coef<acc_t>(grad_phi(r), norm_p[r], t, p, one_sided);
+  const scalar_t* g = grads.const_data_ptr<scalar_t>();
+  scalar_t* o = out.mutable_data_ptr<scalar_t>();
+  const int64_t task = std::min(N, kChunk);  // elements per task
+  at::parallel_for(0, B * chunks, std::max<int64_t>(1, kGrain / task), [&](int64_t k0, int64_t k1) {
+    for (int64_t k = k0; k < k1; ++k) {
+      int64_t r = k / chunks, start = (k % chunks) * kChunk, len = std::min(kChunk, N - start);
+      scale_into(o + r * N + start, g + r * row_stride + start, len, coef[r]);
+    }
+  });
 }
 
 at::Tensor gnp_backward_cpu(const at::Tensor& grad_phi, const at::Tensor& grads_in, const at::Tensor& norms,
@@ -140,31 +195,31 @@ at::Tensor gnp_backward_cpu(const at::Tensor& grad_phi, const at::Tensor& grads_
   at::Tensor grads = as_dense_rows(grads_in);
   at::Tensor out = empty_like_rows(grads);
   const int64_t B = grads.size(0);
-  const int64_t N = B == 0 ? 0 : grads.numel() / B;
   if (grads.numel() == 0) return out;
   TORCH_CHECK(grad_phi.numel() == B && norms.numel() == B, "gnp_backward: grad_phi and norms must have ", B,
               " elements");
-  const int64_t row_stride = grads.stride(0);
-  const int64_t chunks = (N + kChunk - 1) / kChunk;
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, grads.scalar_type(), "gnp_backward_cpu", [&] {
     using acc_t = acc_type<scalar_t>;
-    auto acc_dtype = c10::CppTypeToScalarType<acc_t>::value;
-    at::Tensor gphi = grad_phi.to(acc_dtype).contiguous();
-    at::Tensor nrm = norms.to(acc_dtype).contiguous();
+    at::Tensor gphi = grad_phi.to(c10::CppTypeToScalarType<acc_t>::value).contiguous();
     const acc_t* gphi_p = gphi.const_data_ptr<acc_t>();
-    const acc_t* norm_p = nrm.const_data_ptr<acc_t>();
-    const acc_t t = static_cast<acc_t>(target), p = static_cast<acc_t>(power);
-    std::vector<acc_t> coef(B);
-    for (int64_t r = 0; r < B; ++r) coef[r] = gnp_coef<acc_t>(gphi_p[r], norm_p[r], t, p, one_sided);
-    const scalar_t* g = grads.const_data_ptr<scalar_t>();
-    scalar_t* o = out.mutable_data_ptr<scalar_t>();
-    const int64_t task = std::min(N, kChunk);  // elements per task
-    at::parallel_for(0, B * chunks, std::max<int64_t>(1, kGrain / task), [&](int64_t k0, int64_t k1) {
-      for (int64_t k = k0; k < k1; ++k) {
-        int64_t r = k / chunks, start = (k % chunks) * kChunk, len = std::min(kChunk, N - start);
-        scale_into(o + r * N + start, g + r * row_stride + start, len, coef[r]);
-      }
-    });
+    scale_rows<scalar_t>(grads, out, norms, target, power, one_sided, [&](int64_t r) { return gphi_p[r]; });
+  });
+  return out;
+}
+
+at::Tensor gnp_loss_backward_cpu(const at::Tensor& grad_loss, const at::Tensor& grads_in, const at::Tensor& norms,
+                                 double target, double power, bool one_sided, double scale) {
+  check_grads(grads_in, "gnp_loss_backward");
+  at::Tensor grads = as_dense_rows(grads_in);
+  at::Tensor out = empty_like_rows(grads);
+  const int64_t B = grads.size(0);
+  if (grads.numel() == 0) return out;
+  TORCH_CHECK(grad_loss.numel() == 1 && norms.numel() == B, "gnp_loss_backward: grad_loss must have 1 element ",
+              "and norms ", B);
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, grads.scalar_type(), "gnp_loss_backward_cpu", [&] {
+    using acc_t = acc_type<scalar_t>;
+    const acc_t gphi = static_cast<acc_t>(grad_loss.item<double>() * scale);
+    scale_rows<scalar_t>(grads, out, norms, target, power, one_sided, [&](int64_t) { return gphi; });
   });
   return out;
 }
@@ -174,6 +229,8 @@ at::Tensor gnp_backward_cpu(const at::Tensor& grad_phi, const at::Tensor& grads_
 TORCH_LIBRARY_IMPL(fastgan, CPU, m) {
   m.impl("gnp_forward", &gnp_forward_cpu);
   m.impl("gnp_backward", &gnp_backward_cpu);
+  m.impl("gnp_loss", &gnp_loss_cpu);
+  m.impl("gnp_loss_backward", &gnp_loss_backward_cpu);
 }
 
 }  // namespace fastgan
