@@ -28,6 +28,10 @@ TORCH_LIBRARY(fastgan, m) {
   m.def(
       "gnp_loss_backward(Tensor grad_loss, Tensor grads, Tensor norms, float target, float power, "
       "bool one_sided, float scale) -> Tensor");
+  // The CPU block cache for gradient-sized outputs (csrc/cpu/block_cache.h): (cached bytes,
+  // cached blocks, limit in bytes); clear frees every cached block and returns the stats before.
+  m.def("cpu_cache_stats() -> int[]");
+  m.def("cpu_cache_clear() -> int[]");
   // --- spectral norm (issue 4) ---
   // Power iteration for a list of weights (one call for all layers of a model). Each weight W is
   // viewed as the matrix W_mat (size(dim), -1) with dim moved to the front. n_iter times:

@@ -13,6 +13,7 @@
 
 #include "../gnp_math.h"
 #include "../rows.h"
+#include "block_cache.h"
 
 namespace fastgan {
 namespace {
@@ -164,6 +165,13 @@ std::tuple<at::Tensor, at::Tensor> gnp_loss_cpu(const at::Tensor& grads_in, doub
   return {loss, norms};
 }
 
+// empty_like_rows (rows.h), from the block cache: this output is as large as the gradients.
+at::Tensor out_like_rows(const at::Tensor& rows) {
+  std::vector<int64_t> strides(rows.strides().begin(), rows.strides().end());
+  strides[0] = std::max<int64_t>(rows.size(0) == 0 ? 0 : rows.numel() / rows.size(0), 1);
+  return cpu_empty_strided_cached(rows.sizes(), strides, rows.scalar_type());
+}
+
 // out_r = coef(r) * g_r for every row, where coef(r) receives the row's upstream gradient.
 template <typename scalar_t, typename GradPhi>
 void scale_rows(const at::Tensor& grads, at::Tensor& out, const at::Tensor& norms, double target, double power,
@@ -193,7 +201,7 @@ at::Tensor gnp_backward_cpu(const at::Tensor& grad_phi, const at::Tensor& grads_
                             double target, double power, bool one_sided) {
   check_grads(grads_in, "gnp_backward");
   at::Tensor grads = as_dense_rows(grads_in);
-  at::Tensor out = empty_like_rows(grads);
+  at::Tensor out = out_like_rows(grads);
   const int64_t B = grads.size(0);
   if (grads.numel() == 0) return out;
   TORCH_CHECK(grad_phi.numel() == B && norms.numel() == B, "gnp_backward: grad_phi and norms must have ", B,
@@ -211,7 +219,7 @@ at::Tensor gnp_loss_backward_cpu(const at::Tensor& grad_loss, const at::Tensor& 
                                  double target, double power, bool one_sided, double scale) {
   check_grads(grads_in, "gnp_loss_backward");
   at::Tensor grads = as_dense_rows(grads_in);
-  at::Tensor out = empty_like_rows(grads);
+  at::Tensor out = out_like_rows(grads);
   const int64_t B = grads.size(0);
   if (grads.numel() == 0) return out;
   TORCH_CHECK(grad_loss.numel() == 1 && norms.numel() == B, "gnp_loss_backward: grad_loss must have 1 element ",
