@@ -5,6 +5,7 @@ normalization and weight clipping, with eager reference implementations, C++ CPU
 Triton backends. See README.md and SPEC.md.
 """
 from . import reference
+from ._ext import empty_cache
 from .backend import backends, get_backend, set_backend, use_backend
 from .clip import WeightClipper, clip_weights_
 from .penalty import (
@@ -23,7 +24,7 @@ from .noise import anneal_std, instance_noise
 __version__ = "0.1.0"
 
 __all__ = [
-    "backends", "get_backend", "set_backend", "use_backend", "reference",
+    "backends", "get_backend", "set_backend", "use_backend", "reference", "empty_cache",
     "grad_norm_penalty", "gradient_penalty", "lipschitz_penalty", "dragan_penalty",
     "wgan_div_penalty", "r1_penalty", "r2_penalty",
     "spectral_norm", "remove_spectral_norm", "apply_spectral_norm",

@@ -20,6 +20,22 @@ def has_kernel(op: str, dispatch_key: str) -> bool:
     return _C is not None and torch._C._dispatch_has_kernel_for_dispatch_key(f"fastgan::{op}", dispatch_key)
 
 
+def empty_cache() -> None:
+    """Return to the system the CPU blocks fastgan keeps for reuse.
+
+    The CPU kernels take their gradient-sized outputs (dL/dgrads of the penalties, W / sigma of
+    spectral norm and its gradient) from a small cache of freed blocks of >= 1 MiB, so the next
+    training step does not page-fault fresh memory (csrc/cpu/block_cache.h). The cache holds at most
+    ``FASTGAN_CPU_CACHE_MB`` (environment, read at import; default 256, 0 turns it off).
+
+    Example::
+
+        >>> fastgan.empty_cache()
+    """
+    if _C is not None:
+        torch.ops.fastgan.cpu_cache_clear()
+
+
 # ---------------------------------------------------------------------------------------------
 # gnp_forward / gnp_backward: the per-sample gradient-norm penalty
 def _gnp_forward_fake(grads, target, power, one_sided):

@@ -329,16 +329,15 @@ def test_readme_ddp_snippet_runs(tmp_path):
     section = readme[readme.index("## Multi-GPU"):]
     code = re.search(r"```python\n(.*?)```", section, re.S).group(1)
     (tmp_path / "snippet.py").write_text(code)
-    # os._exit after main(): on CPU/gloo the interpreter's shutdown after destroy_process_group
-    # sometimes hangs in a torch background thread (seen here, after main() had returned)
+    # main() returns and the interpreter exits normally, as when a user runs the script (the
+    # snippet's barrier before destroy_process_group avoids a gloo teardown deadlock seen here)
     (tmp_path / "run.py").write_text(
         "import os, runpy\n"
+        "open(f'worker.{os.getpid()}.pid', 'w').close()\n"
         f"runpy.run_path({str(tmp_path / 'snippet.py')!r}, run_name='snippet')['main'](iters=3, n_critic=2)\n"
-        "print('snippet main() returned', flush=True)\n"
-        "os._exit(0)\n")
+        "print('snippet main() returned', flush=True)\n")
     env = dict(os.environ, GLOO_SOCKET_IFNAME="lo", OMP_NUM_THREADS="1",
                PYTHONPATH=os.pathsep.join([str(root), os.environ.get("PYTHONPATH", "")]))
-    # own session, so a hang kills torchrun's workers too, not just torchrun
     # output to a file, not a pipe: a stray worker holding a pipe open cannot block the test
     with open(tmp_path / "torchrun.log", "w+") as log:
         proc = subprocess.Popen([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
@@ -347,10 +346,16 @@ def test_readme_ddp_snippet_runs(tmp_path):
         try:
             proc.wait(timeout=DEADLINE_S)
         except subprocess.TimeoutExpired:
+            # torchrun's workers run in sessions of their own: kill them by pid, then torchrun
+            for f in tmp_path.glob("worker.*.pid"):
+                try:
+                    os.kill(int(f.name.split(".")[1]), signal.SIGKILL)
+                except ProcessLookupError:
+                    pass
             os.killpg(proc.pid, signal.SIGKILL)
             proc.wait()
         log.seek(0)
-        out = err = log.read()
+        out = log.read()
     assert proc.returncode == 0, out[-3000:]
     assert out.count("snippet main() returned") == 2, out[-3000:]
     assert "iter 0: loss_d" in out

@@ -18,6 +18,7 @@
 #include <cstring>
 #include <vector>
 
+#include "block_cache.h"
 #include "../sn_layout.h"
 
 namespace fastgan {
@@ -213,7 +214,8 @@ at::Tensor sn_normalize_cpu(const at::Tensor& weight, const at::Tensor& u, const
               weight.scalar_type());
   // Elementwise: any dense layout (channels_last, ...) is read and written in its own order.
   at::Tensor w = weight.is_non_overlapping_and_dense() ? weight : weight.contiguous();
-  at::Tensor out = at::empty_like(w);
+  // W/sigma is rebuilt every forward: large ones come from the block cache (no page faults)
+  at::Tensor out = cpu_empty_strided_cached(w.sizes(), w.strides(), w.scalar_type());
   const int64_t n = w.numel();
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, w.scalar_type(), "sn_normalize_cpu", [&] {
     using acc_t = std::conditional_t<std::is_same_v<scalar_t, double>, double, float>;
@@ -254,7 +256,7 @@ at::Tensor sn_normalize_backward_cpu(const at::Tensor& grad, const at::Tensor& w
   const auto ct = compute_type(weight.scalar_type());
   at::Tensor g = grad.to(ct).contiguous(), w = weight.to(ct).contiguous();
   at::Tensor uc = u.to(ct).contiguous(), vc = v.to(ct).contiguous();
-  at::Tensor out = at::empty(weight.sizes(), w.options());
+  at::Tensor out = cpu_empty_strided_cached(weight.sizes(), w.strides(), w.scalar_type());
   const double sig = sigma_value(sigma);
   AT_DISPATCH_FLOATING_TYPES(ct, "sn_normalize_backward_cpu", [&] {
     using T = scalar_t;
