@@ -37,11 +37,15 @@ inline at::Tensor as_dense_rows(const at::Tensor& t) {
 
 // A fresh tensor shaped like `rows` (dense rows), rows packed back to back, with the same
 // element order inside each row, so one flat index addresses matching elements of both.
-inline at::Tensor empty_like_rows(const at::Tensor& rows) {
+inline std::vector<int64_t> packed_row_strides(const at::Tensor& rows) {
   std::vector<int64_t> strides(rows.strides().begin(), rows.strides().end());
   int64_t n = rows.size(0) == 0 ? 0 : rows.numel() / rows.size(0);
   strides[0] = std::max<int64_t>(n, 1);
-  return at::empty_strided(rows.sizes(), strides, rows.options());
+  return strides;
+}
+
+inline at::Tensor empty_like_rows(const at::Tensor& rows) {
+  return at::empty_strided(rows.sizes(), packed_row_strides(rows), rows.options());
 }
 
 }  // namespace fastgan

@@ -24,7 +24,7 @@ def empty_cache() -> None:
     """Return to the system the CPU blocks fastgan keeps for reuse.
 
     The CPU kernels take their gradient-sized outputs (dL/dgrads of the penalties, W / sigma of
-    spectral norm and its gradient) from a small cache of freed blocks of >= 1 MiB, so the next
+    spectral norm and its gradient) from a small cache of freed blocks of >= 256 KiB, so the next
     training step does not page-fault fresh memory (csrc/cpu/block_cache.h). The cache holds at most
     ``FASTGAN_CPU_CACHE_MB`` (environment, read at import; default 256, 0 turns it off).
 

@@ -12,7 +12,7 @@ from conftest import available_backends, rel_err
 pytestmark = pytest.mark.skipif("cpu" not in available_backends(), reason="needs the compiled CPU kernels")
 
 stats = torch.ops.fastgan.cpu_cache_stats  # (cached bytes, cached blocks, limit)
-B, N = 16, 20000  # 1.28 MB of float32: above the cache's 1 MiB floor
+B, N = 16, 20000  # 1.28 MB of float32: above the cache's 256 KiB floor
 
 
 def penalty_grad(g):

@@ -14,7 +14,7 @@ namespace fastgan {
 namespace {
 
 // Below this, glibc's own bins reuse memory without faults.
-constexpr size_t kMinBytes = size_t(1) << 20;
+constexpr size_t kMinBytes = size_t(256) << 10;
 
 struct Block {
   void* ptr;

@@ -167,9 +167,7 @@ std::tuple<at::Tensor, at::Tensor> gnp_loss_cpu(const at::Tensor& grads_in, doub
 
 // empty_like_rows (rows.h), from the block cache: this output is as large as the gradients.
 at::Tensor out_like_rows(const at::Tensor& rows) {
-  std::vector<int64_t> strides(rows.strides().begin(), rows.strides().end());
-  strides[0] = std::max<int64_t>(rows.size(0) == 0 ? 0 : rows.numel() / rows.size(0), 1);
-  return cpu_empty_strided_cached(rows.sizes(), strides, rows.scalar_type());
+  return cpu_empty_strided_cached(rows.sizes(), packed_row_strides(rows), rows.scalar_type());
 }
 
 // out_r = coef(r) * g_r for every row, where coef(r) receives the row's upstream gradient.
