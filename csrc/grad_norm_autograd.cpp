@@ -12,6 +12,28 @@ namespace {
 using torch::autograd::AutogradContext;
 using torch::autograd::variable_list;
 
+// Both functions keep grads, norms and the penalty's settings for their backward.
+void save(AutogradContext* ctx, const at::Tensor& grads, const at::Tensor& norms, double target, double power,
+          bool one_sided) {
+  ctx->save_for_backward({grads, norms});
+  ctx->saved_data["target"] = target;
+  ctx->saved_data["power"] = power;
+  ctx->saved_data["one_sided"] = one_sided;
+  ctx->mark_non_differentiable({norms});
+}
+
+struct Saved {
+  at::Tensor grads, norms;
+  double target, power;
+  bool one_sided;
+};
+
+Saved saved(AutogradContext* ctx) {
+  auto t = ctx->get_saved_variables();
+  return {t[0], t[1], ctx->saved_data["target"].toDouble(), ctx->saved_data["power"].toDouble(),
+          ctx->saved_data["one_sided"].toBool()};
+}
+
 class GnpForward : public torch::autograd::Function<GnpForward> {
  public:
   static variable_list forward(AutogradContext* ctx, const at::Tensor& grads, double target, double power,
@@ -21,11 +43,7 @@ class GnpForward : public torch::autograd::Function<GnpForward> {
                          .typed<std::tuple<at::Tensor, at::Tensor>(const at::Tensor&, double, double, bool)>();
     at::AutoDispatchBelowADInplaceOrView guard;
     auto [phi, norms] = op.call(grads, target, power, one_sided);
-    ctx->save_for_backward({grads, norms});
-    ctx->saved_data["target"] = target;
-    ctx->saved_data["power"] = power;
-    ctx->saved_data["one_sided"] = one_sided;
-    ctx->mark_non_differentiable({norms});
+    save(ctx, grads, norms, target, power, one_sided);
     return {phi, norms};
   }
 
@@ -34,11 +52,11 @@ class GnpForward : public torch::autograd::Function<GnpForward> {
                          .findSchemaOrThrow("fastgan::gnp_backward", "")
                          .typed<at::Tensor(const at::Tensor&, const at::Tensor&, const at::Tensor&, double, double,
                                            bool)>();
-    auto saved = ctx->get_saved_variables();
     at::Tensor dg;
-    if (grad_out[0].defined())
-      dg = op.call(grad_out[0], saved[0], saved[1], ctx->saved_data["target"].toDouble(),
-                   ctx->saved_data["power"].toDouble(), ctx->saved_data["one_sided"].toBool());
+    if (grad_out[0].defined()) {
+      Saved s = saved(ctx);
+      dg = op.call(grad_out[0], s.grads, s.norms, s.target, s.power, s.one_sided);
+    }
     return {dg, at::Tensor(), at::Tensor(), at::Tensor()};
   }
 };
@@ -52,12 +70,8 @@ class GnpLoss : public torch::autograd::Function<GnpLoss> {
                          .typed<std::tuple<at::Tensor, at::Tensor>(const at::Tensor&, double, double, bool, double)>();
     at::AutoDispatchBelowADInplaceOrView guard;
     auto [loss, norms] = op.call(grads, target, power, one_sided, scale);
-    ctx->save_for_backward({grads, norms});
-    ctx->saved_data["target"] = target;
-    ctx->saved_data["power"] = power;
-    ctx->saved_data["one_sided"] = one_sided;
+    save(ctx, grads, norms, target, power, one_sided);
     ctx->saved_data["scale"] = scale;
-    ctx->mark_non_differentiable({norms});
     return {loss, norms};
   }
 
@@ -66,12 +80,11 @@ class GnpLoss : public torch::autograd::Function<GnpLoss> {
                          .findSchemaOrThrow("fastgan::gnp_loss_backward", "")
                          .typed<at::Tensor(const at::Tensor&, const at::Tensor&, const at::Tensor&, double, double,
                                            bool, double)>();
-    auto saved = ctx->get_saved_variables();
     at::Tensor dg;
-    if (grad_out[0].defined())
-      dg = op.call(grad_out[0], saved[0], saved[1], ctx->saved_data["target"].toDouble(),
-                   ctx->saved_data["power"].toDouble(), ctx->saved_data["one_sided"].toBool(),
-                   ctx->saved_data["scale"].toDouble());
+    if (grad_out[0].defined()) {
+      Saved s = saved(ctx);
+      dg = op.call(grad_out[0], s.grads, s.norms, s.target, s.power, s.one_sided, ctx->saved_data["scale"].toDouble());
+    }
     return {dg, at::Tensor(), at::Tensor(), at::Tensor(), at::Tensor()};
   }
 };
