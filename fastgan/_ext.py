@@ -44,16 +44,13 @@ def _gnp_forward_fake(grads, target, power, one_sided):
     return grads.new_empty((b,), dtype=dt), grads.new_empty((b,), dtype=dt)
 
 
-def _gnp_backward_fake(grad_phi, grads, norms, target, power, one_sided):
+def _gnp_backward_fake(grad_out, grads, *settings):
+    """gnp_backward and gnp_loss_backward: dL/dgrads, laid out like the kernels write it."""
     return empty_like_rows(as_dense_rows(grads))
 
 
 def _gnp_loss_fake(grads, target, power, one_sided, scale):
     return grads.new_empty(()), grads.new_empty((grads.shape[0],), dtype=acc_dtype(grads.dtype))
-
-
-def _gnp_loss_backward_fake(grad_loss, grads, norms, target, power, one_sided, scale):
-    return empty_like_rows(as_dense_rows(grads))
 
 
 def register_gnp(ns: str, autograd: bool = True) -> None:
@@ -84,4 +81,4 @@ if _C is not None:
     register_gnp("fastgan", autograd=False)
     # gnp_loss (CPU): the penalty reduced inside the kernel; autograd in C++ as well.
     torch.library.register_fake("fastgan::gnp_loss")(_gnp_loss_fake)
-    torch.library.register_fake("fastgan::gnp_loss_backward")(_gnp_loss_backward_fake)
+    torch.library.register_fake("fastgan::gnp_loss_backward")(_gnp_backward_fake)

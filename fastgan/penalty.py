@@ -1,7 +1,7 @@
 """Per-sample gradient-norm penalties: the primitive and the GAN regularizers built on it.
 
-Flow: public function -> validation -> backend.resolve -> op (reference / fastgan::gnp_forward
-C++ CPU or CUDA / fastgan_triton::gnp_forward) -> backend kernel.
+Flow: public function -> validation -> backend.resolve (in _gnp_loss) -> op (fastgan::gnp_loss on
+CPU; reference / fastgan::gnp_forward CUDA / fastgan_triton::gnp_forward) -> backend kernel.
 """
 import math
 import numbers
@@ -50,9 +50,8 @@ def _check_pair(real, fake):
 
 # --------------------------------------------------------------------------------------------
 # the primitive
-def _gnp(grads, target, power, one_sided, backend):
-    """Per-sample (phi, norms) in the accumulation dtype, on the resolved backend."""
-    name = resolve("grad_norm_penalty", backend, grads.device)
+def _gnp(name, grads, target, power, one_sided):
+    """Per-sample (phi, norms) in the accumulation dtype, on the already resolved backend ``name``."""
     if name == "reference":
         return reference.gnp_forward(grads, target, power, one_sided)
     if name == "triton":
@@ -70,7 +69,7 @@ def _gnp_loss(grads, target, power, one_sided, reduction, weight, backend):
         # more than the kernels at GAN sizes on CPU
         scale = weight / grads.shape[0] if reduction == "mean" else weight
         return torch.ops.fastgan.gnp_loss(grads, float(target), float(power), bool(one_sided), float(scale))
-    phi, norms = _gnp(grads, target, power, one_sided, name)
+    phi, norms = _gnp(name, grads, target, power, one_sided)
     loss = reference.reduce(phi, reduction)
     return (loss if weight == 1 else weight * loss).to(grads.dtype), norms
 
