@@ -313,11 +313,20 @@ def _param_lists(quick):
     return {"DCGAN critic": dcgan, "SNGAN-ResNet critic": sngan, "1000 small tensors": small}
 
 
+_WGAN_CLIP = 0.01  # the original WGAN's clip value
+
+
+def _wgan_clip_loop(ps):
+    """What the original WGAN code does: one clamp_ per parameter."""
+    for p in ps:
+        p.data.clamp_(-_WGAN_CLIP, _WGAN_CLIP)
+
+
 def clip_cases(device, quick):
     from . import reference
 
     backends, skipped = _fastgan_backends(device)
-    c = 0.01
+    c = _WGAN_CLIP
     for label, shapes in _param_lists(quick).items():
         gen = torch.Generator().manual_seed(1)
         init = [torch.randn(s, generator=gen).mul_(0.02).to(device) for s in shapes]
@@ -331,15 +340,9 @@ def clip_cases(device, quick):
                 return params
             return run
 
-        loop_params = fresh()
-
-        def loop(ps):
-            for p in ps:  # what the original WGAN code does
-                p.data.clamp_(-c, c)
-
-        impls = {"eager": impl(loop, loop_params),
+        impls = {"eager": impl(_wgan_clip_loop, fresh()),
                  "foreach": impl(lambda ps: reference.clip_weights_foreach_(ps, -c, c), fresh())}
-        cf = torch.compile(loop)
+        cf = torch.compile(_wgan_clip_loop)
         fn, why = _works(impl(cf, fresh()), "the clamp_ loop")
         sk = dict(skipped)
         if fn:
@@ -373,13 +376,9 @@ def wgan_clip_step_cases(device, quick):
             return [p.detach() for p in D.parameters()]
         return step
 
-    def loop(ps):
-        for p in ps:
-            p.data.clamp_(-0.01, 0.01)
-
-    impls = {"eager": make(loop)}
+    impls = {"eager": make(_wgan_clip_loop)}
     for be in backends:
-        impls[f"fastgan:{be}"] = make(lambda ps, be=be: fg.clip_weights_(ps, 0.01, backend=be))
+        impls[f"fastgan:{be}"] = make(lambda ps, be=be: fg.clip_weights_(ps, _WGAN_CLIP, backend=be))
     yield Case("WGAN critic step (RMSprop + clip)", f"DCGAN 3x32x32 B={b}", impls, 0,
                dict(skipped, compile="not measured: the step mutates optimizer state and parameters"), _close(1e-5))
 
