@@ -4,7 +4,7 @@ Per-sample gradient-norm penalties (WGAN-GP, LP, DRAGAN, WGAN-div, R1/R2), spect
 normalization and weight clipping, with eager reference implementations, C++ CPU, CUDA and
 Triton backends. See README.md and SPEC.md.
 """
-from . import reference
+from . import ops, reference
 from ._ext import empty_cache
 from .backend import backends, get_backend, set_backend, use_backend
 from .clip import WeightClipper, clip_weights_

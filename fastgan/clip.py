@@ -1,29 +1,17 @@
 """Weight clipping (WGAN, Arjovsky 2017): clamp every critic parameter to [lo, hi] in place.
 
 Flow: clip_weights_ -> validation of the whole list (nothing is touched on error) -> split by
-device type -> backend.resolve -> reference (two foreach passes) / fastgan::clip_weights_ (C++
-CPU or CUDA, one call for the list) / fastgan_triton::clip_weights_ -> kernel.
+device type -> backend.resolve -> op layer (fastgan/ops/clip.py): reference (two foreach passes) /
+fastgan::clip_weights_ (C++ CPU or CUDA, one call for the list) / fastgan_triton::clip_weights_ -> kernel.
 """
 import math
 import numbers
 
 import torch
 
-from . import _ext, reference
 from .backend import resolve
+from .ops import clip as _ops
 
-
-
-def _clip_fake(tensors, lo, hi):
-    # Also the Meta kernel: a list mixing meta and other tensors dispatches here, and must not be
-    # taken as clipped.
-    if len({t.device.type for t in tensors}) > 1:
-        raise ValueError("clip_weights_: all tensors of one call must be on one device type, got "
-                         f"{sorted({str(t.device) for t in tensors})}")
-
-
-if _ext._C is not None:
-    torch.library.register_fake("fastgan::clip_weights_")(_clip_fake)
 
 
 def _real(x, name):
@@ -80,17 +68,6 @@ def _tensor_list(parameters):
     return tensors
 
 
-def _run(name, tensors, lo, hi):
-    if name == "reference":
-        reference.clip_weights_foreach_(tensors, lo, hi)
-    elif name == "triton":
-        from ._triton import clip
-
-        clip.clip_weights_(tensors, lo, hi)
-    else:
-        torch.ops.fastgan.clip_weights_(tensors, lo, hi)
-
-
 def clip_weights_(parameters, clip_value, *, backend="auto"):
     r"""Clamp weights in place: ``w <- clamp(w, lo, hi)`` for every tensor of ``parameters``.
 
@@ -112,14 +89,14 @@ def clip_weights_(parameters, clip_value, *, backend="auto"):
         return
     with torch.no_grad():
         first = tensors[0]
-        if isinstance(first, torch.Tensor) and resolve("clip_weights", backend, first.device) in ("cpu", "cuda"):
+        if isinstance(first, torch.Tensor) and resolve(_ops.OP, backend, first.device) in ("cpu", "cuda"):
             # Fast path, one device type (the usual case): the op checks every item's dtype and
             # device before it touches any, so per-item Python checks (~0.3 us each) are skipped.
             # A non-tensor item cannot reach the op; any other bad item makes it raise, and the
             # general path below then names the item or splits the list by device.
             if all(issubclass(ty, torch.Tensor) for ty in set(map(type, tensors))):
                 try:
-                    torch.ops.fastgan.clip_weights_(tensors, lo, hi)
+                    _ops.fused_(tensors, lo, hi)
                     return
                 except (TypeError, ValueError, NotImplementedError):
                     pass
@@ -128,9 +105,9 @@ def clip_weights_(parameters, clip_value, *, backend="auto"):
         for t in tensors:
             by_device.setdefault(t.device.type, []).append(t)
         # resolve every group first: an unavailable backend raises before anything is clipped
-        plan = [(resolve("clip_weights", backend, torch.device(dev)), ts) for dev, ts in by_device.items()]
+        plan = [(resolve(_ops.OP, backend, torch.device(dev)), ts) for dev, ts in by_device.items()]
         for name, ts in plan:
-            _run(name, ts, lo, hi)
+            _ops.run(name, ts, lo, hi)
 
 
 class WeightClipper:

@@ -1,7 +1,8 @@
 """Per-sample gradient-norm penalties: the primitive and the GAN regularizers built on it.
 
-Flow: public function -> validation -> backend.resolve (in _gnp_loss) -> op (fastgan::gnp_loss on
-CPU; reference / fastgan::gnp_forward CUDA / fastgan_triton::gnp_forward) -> backend kernel.
+Flow: public function -> validation -> op layer (fastgan/ops/penalty.py: backend.resolve, then
+fastgan::gnp_loss on CPU; reference / fastgan::gnp_forward CUDA / fastgan_triton::gnp_forward)
+-> backend kernel.
 """
 import math
 import numbers
@@ -9,8 +10,7 @@ import numbers
 import torch
 
 from . import distributed, reference
-from ._layout import acc_dtype
-from .backend import resolve
+from .ops.penalty import gnp_loss as _gnp_loss
 
 _REDUCTIONS = ("mean", "sum", "none")
 
@@ -50,30 +50,6 @@ def _check_pair(real, fake):
 
 # --------------------------------------------------------------------------------------------
 # the primitive
-def _gnp(name, grads, target, power, one_sided):
-    """Per-sample (phi, norms) in the accumulation dtype, on the already resolved backend ``name``."""
-    if name == "reference":
-        return reference.gnp_forward(grads, target, power, one_sided)
-    if name == "triton":
-        from ._triton import grad_norm
-
-        return grad_norm.gnp_forward(grads, float(target), float(power), bool(one_sided))
-    return torch.ops.fastgan.gnp_forward(grads, float(target), float(power), bool(one_sided))
-
-
-def _gnp_loss(grads, target, power, one_sided, reduction, weight, backend):
-    """(weight * reduce_i phi_i in grads' dtype, norms in the accumulation dtype)."""
-    name = resolve("grad_norm_penalty", backend, grads.device)
-    if name == "cpu" and reduction != "none":
-        # one op for phi, the reduction and the weight: the eager mean and its backward node cost
-        # more than the kernels at GAN sizes on CPU
-        scale = weight / grads.shape[0] if reduction == "mean" else weight
-        return torch.ops.fastgan.gnp_loss(grads, float(target), float(power), bool(one_sided), float(scale))
-    phi, norms = _gnp(name, grads, target, power, one_sided)
-    loss = reference.reduce(phi, reduction)
-    return (loss if weight == 1 else weight * loss).to(grads.dtype), norms
-
-
 def grad_norm_penalty(grads, *, target=1.0, power=2.0, one_sided=False, reduction="mean", backend="auto"):
     r"""Per-sample gradient-norm penalty: ``reduce_i phi(||g_i||_2)``.
 

@@ -14,17 +14,15 @@ u and v are updated in place (as torch does, so DataParallel replicas write back
 only ever keeps the fresh copies the op returns: two critic forwards before one backward, and DDP
 with ``broadcast_buffers=True`` rewriting the buffers between them, are safe.
 """
-import functools
-
 import torch
 import torch._prims_common
 import torch.nn.functional as F
 from torch import nn
 from torch.nn.utils import parametrize
 
-from . import _ext, reference
-from ._layout import acc_dtype
-from .backend import _check_name, _require_available, get_backend, resolve
+from . import reference
+from .backend import _check_name, _require_available
+from .ops import spectral as _ops
 
 try:
     from torch.distributed.tensor import DTensor as _DTensor
@@ -36,98 +34,6 @@ _SN_TYPES = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.ConvTranspose1d, nn.
              nn.ConvTranspose3d, nn.Embedding)
 _TRANSPOSED = (nn.ConvTranspose1d, nn.ConvTranspose2d, nn.ConvTranspose3d)
 _REGISTRATION_ITERATIONS = 15  # torch's _SpectralNorm does 15 power iterations when registered
-
-
-# ---------------------------------------------------------------------------------------------
-# fake kernels and autograd of sn_power / sn_normalize (C++ "fastgan" and Triton "fastgan_triton")
-def _sn_power_fake(weights, us, vs, dims, n_iter, eps):
-    return ([w.new_empty((), dtype=acc_dtype(w.dtype)) for w in weights],
-            [u.new_empty(u.shape) for u in us], [v.new_empty(v.shape) for v in vs])
-
-
-def _sn_normalize_fake(weight, u, v, sigma, dim):
-    # the kernels keep any dense layout (channels_last) and make other weights contiguous
-    dense = torch._prims_common.is_non_overlapping_and_dense_or_false(weight)
-    return torch.empty_like(weight) if dense else weight.new_empty(weight.shape)
-
-
-def _sn_normalize_list_fake(weights, us, vs, sigmas, dims):
-    return [_sn_normalize_fake(w, u, v, s, d) for w, u, v, s, d in zip(weights, us, vs, sigmas, dims)]
-
-
-def _sn_normalize_backward_fake(grad, weight, u, v, sigma, dim):
-    return weight.new_empty(weight.shape)
-
-
-def register_sn(ns: str, autograd: bool = True) -> None:
-    """Fake kernels for ``{ns}::sn_*`` and (``autograd``) the autograd of ``{ns}::sn_normalize``.
-    The C++ ops register their autograd in C++ (csrc/spectral_norm_autograd.cpp): it is per layer
-    per forward, and the Python path costs more than the kernel."""
-    backward_op = getattr(torch.ops, ns).sn_normalize_backward
-
-    def setup_context(ctx, inputs, output):
-        weight, u, v, sigma, dim = inputs
-        ctx.save_for_backward(weight, u, v, sigma)
-        ctx.dim = dim
-
-    def backward(ctx, grad):
-        weight, u, v, sigma = ctx.saved_tensors
-        return backward_op(grad, weight, u, v, sigma, ctx.dim), None, None, None, None
-
-    torch.library.register_fake(f"{ns}::sn_power")(_sn_power_fake)
-    torch.library.register_fake(f"{ns}::sn_normalize")(_sn_normalize_fake)
-    torch.library.register_fake(f"{ns}::sn_normalize_backward")(_sn_normalize_backward_fake)
-    if autograd:
-        torch.library.register_autograd(f"{ns}::sn_normalize", backward, setup_context=setup_context)
-
-
-if _ext.has_kernel("sn_power", "CPU"):
-    register_sn("fastgan", autograd=False)
-_HAS_NORMALIZE_LIST = _ext.has_kernel("sn_normalize_list", "CPU")  # an extension built before it lacks it
-if _HAS_NORMALIZE_LIST:
-    torch.library.register_fake("fastgan::sn_normalize_list")(_sn_normalize_list_fake)
-
-
-# ---------------------------------------------------------------------------------------------
-# backend dispatch
-@functools.lru_cache(maxsize=None)
-def _resolve_cached(requested, default, device_type):
-    return resolve(_OP, requested, torch.device(device_type))
-
-
-@torch.compiler.assume_constant_result
-def _resolve(requested: str, device_type: str) -> str:
-    # resolve() inspects the installation (imports, dispatcher tables): cache it, it is per-forward
-    return _resolve_cached(requested, get_backend(), device_type)
-
-
-def _ops(name):
-    if name == "triton":
-        from ._triton import spectral_norm  # noqa: F401  (registers fastgan_triton::sn_*)
-
-        return torch.ops.fastgan_triton
-    return torch.ops.fastgan
-
-
-def _power(name, weights, us, vs, dims, n_iter, eps):
-    """(sigmas, new us, new vs) for a list of weights (detached); buffers are not touched."""
-    if name == "reference":
-        return reference.sn_power(weights, us, vs, dims, n_iter, eps)
-    return _ops(name).sn_power(weights, us, vs, dims, n_iter, eps)
-
-
-def _normalize(name, weight, u, v, sigma, dim):
-    if name == "reference":
-        return reference.sn_normalize(weight, u, v, dim)
-    return _ops(name).sn_normalize(weight, u, v, sigma, dim)
-
-
-def _normalize_all(name, weights, us, vs, sigmas, dims):
-    """``_normalize`` of every layer; on CPU one ``sn_normalize_list`` call (one dispatch, one autograd
-    node) instead of one op call per layer, which costs more than the division for most layers."""
-    if name == "cpu" and _HAS_NORMALIZE_LIST:
-        return torch.ops.fastgan.sn_normalize_list(weights, us, vs, sigmas, dims)
-    return [_normalize(name, *a) for a in zip(weights, us, vs, sigmas, dims)]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -164,8 +70,8 @@ class _SpectralNorm(nn.Module):
                 "parameters sharded outside the forward of the module it wraps); the power iteration needs "
                 "the whole weight: access it inside that module's forward, or unshard it first (FSDP: "
                 "module.unshard())")
-        name = _resolve(self.backend, weight.device.type)
-        sigmas, us, vs = _power(name, [weight.detach()], [self._u], [self._v], [self.dim], n_iter, self.eps)
+        name = _ops.resolve_backend(self.backend, weight.device.type)
+        sigmas, us, vs = _ops.power(name, [weight.detach()], [self._u], [self._v], [self.dim], n_iter, self.eps)
         if n_iter:
             with torch.no_grad():
                 torch._foreach_copy_([self._u, self._v], [us[0], vs[0]])
@@ -179,7 +85,7 @@ class _SpectralNorm(nn.Module):
             w_sn, handed[0] = handed[0], None
             return w_sn
         name, sigma, u, v = self._iterate(weight, self.n_power_iterations if self.training else 0)
-        return _normalize(name, weight, u, v, sigma, self.dim)
+        return _ops.normalize(name, weight, u, v, sigma, self.dim)
 
     def right_inverse(self, value):
         return value
@@ -338,16 +244,16 @@ class _BatchedPowerIteration:
             key = (w.device, w.dtype, n, sn.eps, sn.backend)
             groups.setdefault(key, []).append((w, sn))
         for (device, _, n, eps, backend), items in groups.items():
-            name = _resolve(backend, device.type)
+            name = _ops.resolve_backend(backend, device.type)
             ws = [w for w, _ in items]
             sns = [sn for _, sn in items]
             us, vs = [sn._buffers["_u"] for sn in sns], [sn._buffers["_v"] for sn in sns]
             dims = [sn.dim for sn in sns]
-            sigmas, u_new, v_new = _power(name, [w.detach() for w in ws], us, vs, dims, n, eps)
+            sigmas, u_new, v_new = _ops.power(name, [w.detach() for w in ws], us, vs, dims, n, eps)
             if n:
                 with torch.no_grad():
                     torch._foreach_copy_(us + vs, u_new + v_new)
-            for sn, w_sn in zip(sns, _normalize_all(name, ws, u_new, v_new, sigmas, dims)):
+            for sn, w_sn in zip(sns, _ops.normalize_all(name, ws, u_new, v_new, sigmas, dims)):
                 sn._handed[0] = w_sn
 
     def clear(self, model, args, output):

@@ -223,11 +223,11 @@ def test_apply_spectral_norm_matches_torch(backend, dtype, batched):
 
 
 def test_apply_spectral_norm_batches_one_call_per_forward(monkeypatch):
-    from fastgan import spectral
+    from fastgan.ops import spectral
 
     calls = []
-    real_power = spectral._power
-    monkeypatch.setattr(spectral, "_power", lambda *a: calls.append(len(a[1])) or real_power(*a))
+    real_power = spectral.power
+    monkeypatch.setattr(spectral, "power", lambda *a: calls.append(len(a[1])) or real_power(*a))
     _, b = critic_pair(torch.float32, "cpu")
     calls.clear()
     b(torch.randn(2, 3, 8, 8), torch.randint(0, 3, (2,)))
@@ -385,7 +385,7 @@ POWER_CASES = [((7, 13), 0, "contiguous"), ((6, 5, 3, 3), 0, "channels_last"), (
 @pytest.mark.parametrize("backend", [b for b in BACKENDS if b != "reference"])
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32, torch.float16, torch.bfloat16])
 def test_power_and_normalize_against_reference(backend, dtype):
-    from fastgan import spectral
+    from fastgan.ops import spectral
 
     tol = {torch.float64: 1e-12, torch.float32: 1e-5, torch.float16: 2e-3, torch.bfloat16: 1e-2}[dtype]
     torch.manual_seed(0)
@@ -399,7 +399,7 @@ def test_power_and_normalize_against_reference(backend, dtype):
         # ground truth in float64 from the same (rounded) inputs
         s_ref, u_ref, v_ref = reference.sn_power([w.double() for w in ws], [u.double() for u in us],
                                                  [v.double() for v in vs], dims, n_iter, 1e-12)
-        s, u, v = spectral._power(backend, ws, us, vs, dims, n_iter, 1e-12)
+        s, u, v = spectral.power(backend, ws, us, vs, dims, n_iter, 1e-12)
         for k in range(len(ws)):
             assert rel_err(s[k], s_ref[k]) <= tol, (n_iter, k, "sigma")
             assert rel_err(u[k], u_ref[k]) <= tol and rel_err(v[k], v_ref[k]) <= tol, (n_iter, k)
@@ -411,7 +411,7 @@ def test_power_and_normalize_against_reference(backend, dtype):
         g = torch.randn(w.shape, dtype=torch.float64)
         (gw_ref,) = torch.autograd.grad(out_ref, wr, g)
         wk = w.detach().requires_grad_()
-        out = spectral._normalize(backend, wk, u.to(dtype), v.to(dtype), sk.to(s[0].dtype), d)
+        out = spectral.normalize(backend, wk, u.to(dtype), v.to(dtype), sk.to(s[0].dtype), d)
         assert out.dtype == dtype and out.shape == w.shape
         assert rel_err(out, out_ref) <= tol
         (gw,) = torch.autograd.grad(out, wk, g.to(dtype))
@@ -422,7 +422,7 @@ def test_power_and_normalize_against_reference(backend, dtype):
 @pytest.mark.parametrize("shape, dim", [((5, 4), 0), ((3, 4, 2, 2), 1)])
 def test_normalize_gradcheck(backend, shape, dim):
     """The fused backward is d(W / sigma(W))/dW with sigma(W) = u^T W_mat v recomputed from W."""
-    from fastgan import spectral
+    from fastgan.ops import spectral
 
     torch.manual_seed(0)
     w = torch.randn(shape, dtype=torch.float64, requires_grad=True)
@@ -432,7 +432,7 @@ def test_normalize_gradcheck(backend, shape, dim):
 
     def f(w):
         sigma = torch.vdot(u, reference.sn_weight_matrix(w, dim).detach() @ v)
-        return spectral._normalize(backend, w, u, v, sigma, dim)
+        return spectral.normalize(backend, w, u, v, sigma, dim)
 
     assert torch.autograd.gradcheck(f, (w,))
 
@@ -472,9 +472,9 @@ def _ops_namespaces():
 
 @pytest.mark.parametrize("ns, backend", _ops_namespaces())
 def test_opcheck(ns, backend):
-    from fastgan import spectral
+    from fastgan.ops import spectral
 
-    spectral._ops(backend)
+    spectral.ops(backend)
     ops = getattr(torch.ops, ns)
     torch.manual_seed(0)
     ws = [torch.randn(5, 3, 2, 2), torch.randn(4, 6)]

@@ -11,7 +11,6 @@ import torch
 import triton
 import triton.language as tl
 
-from .._ext import register_gnp
 from .._layout import acc_dtype, as_dense_rows, empty_like_rows, row_numel
 
 BLOCK = 1024  # elements per loop step of one program
@@ -170,5 +169,3 @@ def gnp_backward(grad_phi: torch.Tensor, grads: torch.Tensor, norms: torch.Tenso
                          BLOCK=BLOCK, ACC=tacc, **_flags(target, power, one_sided))
     return out
 
-
-register_gnp("fastgan_triton")

@@ -9,7 +9,7 @@ adds the partials in a fixed order and writes dW = g / sigma - <g, W> / sigma^2 
 One launch per layer, not one for the model: batching layers in one launch needs a table of
 pointers loaded from memory, which the interpreter (the only place these kernels can run in CI)
 does not support. Wrapped in ``torch.library.custom_op`` (fake kernels and autograd from
-fastgan.spectral.register_sn); on CPU tensors they run only under TRITON_INTERPRET=1.
+fastgan.ops.spectral.register); on CPU tensors they run only under TRITON_INTERPRET=1.
 """
 import torch
 import torch._prims_common
@@ -192,11 +192,3 @@ def sn_normalize_backward(grad: torch.Tensor, weight: torch.Tensor, u: torch.Ten
                                              PARTS=triton.next_power_of_2(parts), BLOCK=BLOCK, ACC=_tacc(acc))
     return out
 
-
-def _register():
-    from ..spectral import register_sn
-
-    register_sn("fastgan_triton")
-
-
-_register()
