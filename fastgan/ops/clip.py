@@ -3,10 +3,9 @@
 Fake kernel for ``fastgan::clip_weights_`` (the Triton op registers its own with
 ``torch.library.custom_op``) and the dispatch to the resolved backend.
 """
-import functools
-
 import torch
 
+from ._triton_ns import loader
 from .. import _ext, reference
 
 OP = "clip_weights"
@@ -24,12 +23,8 @@ if _ext._C is not None:
     torch.library.register_fake("fastgan::clip_weights_")(_clip_fake)
 
 
-@functools.lru_cache(maxsize=None)
-def triton_ops():
-    """``torch.ops.fastgan_triton`` with the Triton clip op defined."""
-    from .._triton import clip  # noqa: F401  (defines fastgan_triton::clip_weights_ and its fake)
-
-    return torch.ops.fastgan_triton
+# defines fastgan_triton::clip_weights_ and its fake
+triton_ops = loader("clip")
 
 
 def fused_(tensors, lo, hi):

@@ -4,10 +4,9 @@ backend) and ``gnp_loss`` / ``gnp_loss_backward`` (CPU: the reduction inside the
 Fake kernels and Python autograd for ``fastgan::`` and ``fastgan_triton::``; the C++ ops' autograd
 is in csrc/grad_norm_autograd.cpp.
 """
-import functools
-
 import torch
 
+from ._triton_ns import loader
 from .. import _ext, reference
 from .._layout import acc_dtype, as_dense_rows, empty_like_rows
 from ..backend import resolve
@@ -60,13 +59,8 @@ if _ext._C is not None:
     torch.library.register_fake("fastgan::gnp_loss_backward")(_gnp_backward_fake)
 
 
-@functools.lru_cache(maxsize=None)
-def triton_ops():
-    """``torch.ops.fastgan_triton``, with the Triton penalty ops defined and registered (once)."""
-    from .._triton import grad_norm  # noqa: F401  (defines fastgan_triton::gnp_*)
-
-    register("fastgan_triton")
-    return torch.ops.fastgan_triton
+# fastgan_triton::gnp_*, fakes and autograd registered here
+triton_ops = loader("grad_norm", register)
 
 
 def gnp(name, grads, target, power, one_sided):

@@ -9,6 +9,7 @@ import functools
 import torch
 import torch._prims_common
 
+from ._triton_ns import loader
 from .. import _ext, reference
 from .._layout import acc_dtype
 from ..backend import get_backend, resolve
@@ -64,13 +65,8 @@ if HAS_NORMALIZE_LIST:
     torch.library.register_fake("fastgan::sn_normalize_list")(_sn_normalize_list_fake)
 
 
-@functools.lru_cache(maxsize=None)
-def triton_ops():
-    """``torch.ops.fastgan_triton``, with the Triton spectral-norm ops defined and registered (once)."""
-    from .._triton import spectral_norm  # noqa: F401  (defines fastgan_triton::sn_*)
-
-    register("fastgan_triton")
-    return torch.ops.fastgan_triton
+# fastgan_triton::sn_*, fakes and autograd registered here
+triton_ops = loader("spectral_norm", register)
 
 
 def ops(name):
