@@ -55,3 +55,4 @@ def small_triton_blocks(monkeypatch):
     monkeypatch.setattr(grad_norm, "BLOCK", 16)
     monkeypatch.setattr(grad_norm, "TARGET_PROGRAMS", 8)
     monkeypatch.setattr(grad_norm, "FINAL_ROWS", 4)
+    monkeypatch.setattr(grad_norm, "FINAL_SPLITS", 4)  # _finalize steps over the splits more than once

@@ -12,10 +12,12 @@ import triton
 import triton.language as tl
 
 from .._layout import acc_dtype, as_dense_rows, empty_like_rows, row_numel
+from ._launch import f64, f64_bits, launch
 
 BLOCK = 1024  # elements per loop step of one program
 TARGET_PROGRAMS = 1024  # rows are split until about this many programs run (GPU occupancy)
-FINAL_ROWS = 64  # most rows per _finalize program
+FINAL_ROWS = 16  # rows per _finalize program
+FINAL_SPLITS = 64  # partial sums per loop step of _finalize (a fixed tile: one compiled variant)
 
 
 def _power_kind(power):
@@ -58,15 +60,21 @@ def _sumsq(g_ptr, partial_ptr, N, row_stride, n_split, chunk, BLOCK: tl.constexp
     tl.store(partial_ptr + row.to(tl.int64) * n_split + split, tl.sum(acc, axis=0))
 
 
-@triton.jit
-def _finalize(partial_ptr, phi_ptr, norm_ptr, B, n_split, target, power,
+@triton.jit(do_not_specialize=["target_bits", "power_bits"])
+def _finalize(partial_ptr, phi_ptr, norm_ptr, B, n_split, target_bits: tl.int64, power_bits: tl.int64,
               ONE_SIDED: tl.constexpr, SUMSQ: tl.constexpr, KIND: tl.constexpr,
               ROWS: tl.constexpr, SPLITS: tl.constexpr, ACC: tl.constexpr):
+    target = f64(target_bits, ACC)
+    power = f64(power_bits, ACC)
     rows = tl.program_id(0) * ROWS + tl.arange(0, ROWS)
-    cols = tl.arange(0, SPLITS)
-    mask = (rows[:, None] < B) & (cols[None, :] < n_split)
-    part = tl.load(partial_ptr + rows[:, None].to(tl.int64) * n_split + cols[None, :], mask=mask, other=0.0)
-    s = tl.sum(part.to(ACC), axis=1)
+    s = tl.zeros((ROWS,), dtype=ACC)
+    # a fixed (ROWS, SPLITS) tile stepped over the splits, in a fixed order: one compiled variant
+    # for every split count, and the same sum on every GPU
+    for c0 in range(0, n_split, SPLITS):
+        cols = c0 + tl.arange(0, SPLITS)
+        mask = (rows[:, None] < B) & (cols[None, :] < n_split)
+        part = tl.load(partial_ptr + rows[:, None].to(tl.int64) * n_split + cols[None, :], mask=mask, other=0.0)
+        s += tl.sum(part.to(ACC), axis=1)
     n = tl.sqrt(s)
     if SUMSQ:
         phi = s
@@ -81,10 +89,12 @@ def _finalize(partial_ptr, phi_ptr, norm_ptr, B, n_split, target, power,
     tl.store(phi_ptr + rows, phi, mask=rows < B)
 
 
-@triton.jit
-def _scale(g_ptr, out_ptr, gphi_ptr, norm_ptr, N, row_stride, chunk, target, power,
+@triton.jit(do_not_specialize=["target_bits", "power_bits"])
+def _scale(g_ptr, out_ptr, gphi_ptr, norm_ptr, N, row_stride, chunk, target_bits: tl.int64, power_bits: tl.int64,
            ONE_SIDED: tl.constexpr, SUMSQ: tl.constexpr, KIND: tl.constexpr,
            BLOCK: tl.constexpr, ACC: tl.constexpr):
+    target = f64(target_bits, ACC)
+    power = f64(power_bits, ACC)
     row = tl.program_id(0)
     split = tl.program_id(1)
     gphi = tl.load(gphi_ptr + row).to(ACC)
@@ -143,12 +153,9 @@ def gnp_forward(grads: torch.Tensor, target: float, power: float, one_sided: boo
     tacc = tl.float64 if acc == torch.float64 else tl.float32
     n_split, chunk = _plan(b, n)
     partial = g.new_empty((b, n_split), dtype=acc)
-    _sumsq[(b, n_split)](g, partial, n, g.stride(0), n_split, chunk, BLOCK=BLOCK, ACC=tacc)
-    splits = triton.next_power_of_2(n_split)
-    rows = max(1, min(FINAL_ROWS, 4096 // splits))  # keep the (rows, splits) tile small
-    _finalize[(triton.cdiv(b, rows),)](
-        partial, phi, norms, b, n_split, target, power, ROWS=rows, SPLITS=splits, ACC=tacc,
-        **_flags(target, power, one_sided))
+    launch(_sumsq, (b, n_split), g, partial, n, g.stride(0), n_split, chunk, BLOCK=BLOCK, ACC=tacc)
+    launch(_finalize, (triton.cdiv(b, FINAL_ROWS),), partial, phi, norms, b, n_split, f64_bits(target),
+           f64_bits(power), ROWS=FINAL_ROWS, SPLITS=FINAL_SPLITS, ACC=tacc, **_flags(target, power, one_sided))
     return phi, norms
 
 
@@ -165,7 +172,7 @@ def gnp_backward(grad_phi: torch.Tensor, grads: torch.Tensor, norms: torch.Tenso
     tacc = tl.float64 if acc == torch.float64 else tl.float32
     n_split, chunk = _plan(b, n)
     gphi = grad_phi.to(acc).contiguous()
-    _scale[(b, n_split)](g, out, gphi, norms.to(acc).contiguous(), n, g.stride(0), chunk, target, power,
-                         BLOCK=BLOCK, ACC=tacc, **_flags(target, power, one_sided))
+    launch(_scale, (b, n_split), g, out, gphi, norms.to(acc).contiguous(), n, g.stride(0), chunk,
+           f64_bits(target), f64_bits(power), BLOCK=BLOCK, ACC=tacc, **_flags(target, power, one_sided))
     return out
 

@@ -17,6 +17,7 @@ import triton
 import triton.language as tl
 
 from .._layout import acc_dtype
+from ._launch import f64, f64_bits, launch
 
 BLOCK_H = 32  # rows of W_mat per tile of the power iteration
 BLOCK_W = 64  # columns of W_mat per tile
@@ -54,10 +55,11 @@ def _rows_mv(w_ptr, v_ptr, rows, H, K, WC, BW: tl.constexpr, ACC: tl.constexpr):
     return t
 
 
-@triton.jit
-def _power(w_ptr, u_ptr, v_ptr, sigma_ptr, H, K, WC, n_iter, eps,
+@triton.jit(do_not_specialize=["eps_bits"])
+def _power(w_ptr, u_ptr, v_ptr, sigma_ptr, H, K, WC, n_iter, eps_bits: tl.int64,
            BH: tl.constexpr, BW: tl.constexpr, ACC: tl.constexpr):
     # u_ptr, v_ptr: working copies in the accumulation dtype, updated in place
+    eps = f64(eps_bits, ACC)
     if n_iter == 0:
         acc = tl.zeros((BH,), dtype=ACC)
         for i0 in range(0, H, BH):
@@ -65,7 +67,9 @@ def _power(w_ptr, u_ptr, v_ptr, sigma_ptr, H, K, WC, n_iter, eps,
             t = _rows_mv(w_ptr, v_ptr, rows, H, K, WC, BW, ACC)
             acc += t * tl.load(u_ptr + rows, mask=rows < H, other=0.0)
         tl.store(sigma_ptr, tl.sum(acc, axis=0))
-    for _ in range(n_iter):
+    # the loop variable must not be `_`: `w, _ = _w_tile(...)` below would reassign it, which the
+    # interpreter accepts and Triton's compiler rejects (a loop-carried int32 re-assigned a mask)
+    for _it in range(n_iter):
         # u <- W v / max(|W v|, eps)
         ss = tl.zeros((BH,), dtype=ACC)
         for i0 in range(0, H, BH):
@@ -155,7 +159,8 @@ def sn_power(weights: list[torch.Tensor], us: list[torch.Tensor], vs: list[torch
         a, h, k = _mat(w, dim)
         uw, vw = u.to(acc, copy=True).contiguous(), v.to(acc, copy=True).contiguous()
         sigma = w.new_empty((), dtype=acc)
-        _power[(1,)](w, uw, vw, sigma, h, k, a * k, n_iter, eps, BH=BLOCK_H, BW=BLOCK_W, ACC=_tacc(acc))
+        launch(_power, (1,), w, uw, vw, sigma, h, k, a * k, n_iter, f64_bits(eps), BH=BLOCK_H, BW=BLOCK_W,
+               ACC=_tacc(acc))
         sigmas.append(sigma)
         u_out.append(uw.to(u.dtype))
         v_out.append(vw.to(v.dtype))
@@ -170,7 +175,7 @@ def sn_normalize(weight: torch.Tensor, u: torch.Tensor, v: torch.Tensor, sigma: 
     out = torch.empty_like(w)
     n = w.numel()
     if n:
-        _scale[(triton.cdiv(n, BLOCK),)](w, out, sigma, n, BLOCK=BLOCK, ACC=_tacc(acc_dtype(w.dtype)))
+        launch(_scale, (triton.cdiv(n, BLOCK),), w, out, sigma, n, BLOCK=BLOCK, ACC=_tacc(acc_dtype(w.dtype)))
     return out
 
 
@@ -187,8 +192,9 @@ def sn_normalize_backward(grad: torch.Tensor, weight: torch.Tensor, u: torch.Ten
     chunk = triton.cdiv(triton.cdiv(n, DOT_PARTS), BLOCK) * BLOCK
     parts = triton.cdiv(n, chunk)
     part = w.new_empty((parts,), dtype=acc)
-    _dot_partial[(parts,)](g, w, part, n, chunk, BLOCK=BLOCK, ACC=_tacc(acc))
-    _normalize_bwd[(triton.cdiv(n, BLOCK),)](g, u.contiguous(), v.contiguous(), sigma, part, out, n, h, k, parts,
-                                             PARTS=triton.next_power_of_2(parts), BLOCK=BLOCK, ACC=_tacc(acc))
+    launch(_dot_partial, (parts,), g, w, part, n, chunk, BLOCK=BLOCK, ACC=_tacc(acc))
+    # PARTS: one fixed tile (parts <= DOT_PARTS), so one compiled variant whatever the size
+    launch(_normalize_bwd, (triton.cdiv(n, BLOCK),), g, u.contiguous(), v.contiguous(), sigma, part, out, n, h, k,
+           parts, PARTS=DOT_PARTS, BLOCK=BLOCK, ACC=_tacc(acc))
     return out
 
