@@ -54,7 +54,7 @@ def _device(args):
 def kernel_name(kernel) -> str:
     """``module:qualname`` of a ``@triton.jit`` kernel (JITFunction or interpreter wrapper)."""
     fn = getattr(kernel, "fn", kernel)
-    return f"{fn.__module__}:{fn.__qualname__}"
+    return f"{fn.__module__}:{getattr(fn, '__qualname__', type(fn).__qualname__)}"
 
 
 def arg_names(kernel):
