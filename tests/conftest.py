@@ -29,20 +29,26 @@ def devices():
     return ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
 
 
-def backend_devices():
-    """(backend, device) pairs that can run here."""
-    out = []
-    for b in available_backends():
-        for d in devices():
-            if b in ("cpu", "cuda") and b != d:
-                continue
-            out.append((b, d))
-    return out
+def device_for(backend, cuda_available=None):
+    """The device a backend's kernels run on here: ``cuda`` for cuda; for triton ``cuda`` when a
+    GPU is visible (TRITON_INTERPRET is then unset, so Triton cannot take CPU tensors) else ``cpu``
+    (the interpreter); ``cpu`` for cpu and reference."""
+    cuda = torch.cuda.is_available() if cuda_available is None else cuda_available
+    if backend == "cuda" or (backend == "triton" and cuda):
+        return "cuda"
+    return "cpu"
+
+
+def backend_devices(backends=None, cuda_available=None):
+    """(backend, device) pairs that can run here: each backend on the device it runs on (the
+    reference is left out: callers add the pairs they want)."""
+    backends = available_backends() if backends is None else backends
+    return [(b, device_for(b, cuda_available)) for b in backends if b != "reference"]
 
 
 def rel_err(a, b):
-    """max |a - b| / max |b| in float64 (0 when both are zero)."""
-    a, b = a.detach().double(), b.detach().double()
+    """max |a - b| / max |b| in float64 (0 when both are zero); either may be on a GPU."""
+    a, b = a.detach().double().cpu(), b.detach().double().cpu()
     den = b.abs().max().clamp_min(torch.finfo(torch.float64).tiny)
     return float((a - b).abs().max() / den)
 
