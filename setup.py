@@ -8,6 +8,7 @@ installed (build isolation would download an unpinned, multi-GB CUDA torch).
 import glob
 import os
 import platform
+import runpy
 
 from setuptools import find_packages, setup
 from torch.utils import cpp_extension
@@ -49,7 +50,9 @@ def extensions():
     kwargs = dict(extra_compile_args={"cxx": cxx}, extra_link_args=["-fopenmp"], py_limited_api=True)
     if use_cuda:
         sources += sorted(glob.glob("csrc/cuda/*.cu"))
-        kwargs["extra_compile_args"]["nvcc"] = ["-O3", "-std=c++20", "--use_fast_math", "-lineinfo"]
+        # one list for the build and the compile-check test (fastgan/_nvcc_flags.py says why no fast math)
+        kwargs["extra_compile_args"]["nvcc"] = list(
+            runpy.run_path(os.path.join(ROOT, "fastgan", "_nvcc_flags.py"))["NVCC_FLAGS"])
         kwargs["define_macros"] = [("FASTGAN_WITH_CUDA", None)]
         ext = cpp_extension.CUDAExtension("fastgan._C", sources, **kwargs)
     else:

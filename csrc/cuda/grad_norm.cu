@@ -87,28 +87,20 @@ __global__ void __launch_bounds__(kThreads) gnp_scale(const scalar_t* __restrict
   }
 }
 
-int sm_count(int device) {
-  static int cache[64] = {0};
-  if (device < 0 || device >= 64) return 108;
-  if (cache[device] == 0) {
-    int n = 0;
-    C10_CUDA_CHECK(cudaDeviceGetAttribute(&n, cudaDevAttrMultiProcessorCount, device));
-    cache[device] = n;
-  }
-  return cache[device];
-}
-
 struct Plan {
   int64_t splits, chunk;
   bool vec;
 };
 
-// Split rows until ~4 blocks per SM run; a chunk is a multiple of one block-wide vector step.
+// Split rows until about kTargetBlocks blocks run; a chunk is a multiple of one block-wide vector
+// step. A fixed target, not one per SM count: the split fixes the summation order, so the sums do
+// not depend on the GPU model (1024 blocks fill an H100/H200's 132 SMs several times over).
+constexpr int64_t kTargetBlocks = 1024;
 template <typename scalar_t>
 Plan plan(const at::Tensor& rows, int64_t B, int64_t N, const void* out_ptr) {
   constexpr int VEC = 16 / sizeof(scalar_t);
   const int64_t step = int64_t(kThreads) * VEC;
-  const int64_t want = 4 * sm_count(rows.get_device());
+  const int64_t want = kTargetBlocks;
   int64_t splits = std::max<int64_t>(1, std::min((want + B - 1) / B, (N + step - 1) / step));
   int64_t chunk = ((N + splits - 1) / splits + step - 1) / step * step;
   splits = std::max<int64_t>(1, (N + chunk - 1) / chunk);
