@@ -1,4 +1,5 @@
-"""Command line: ``python -m fastgan info``, ``python -m fastgan bench``, ``python -m fastgan demo``."""
+"""Command line: ``python -m fastgan info``, ``python -m fastgan bench``, ``python -m fastgan demo``,
+``python -m fastgan gpucheck --out DIR`` (one-command validation on a GPU machine)."""
 import argparse
 import platform
 import sys
@@ -35,6 +36,9 @@ def main(argv=None):
     from . import demo
 
     demo.add_parser(sub)
+    from . import gpucheck
+
+    gpucheck.add_parser(sub)
     args = parser.parse_args(argv)
     return args.func(args)
 
