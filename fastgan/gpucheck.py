@@ -73,7 +73,10 @@ def build_plan(out, *, python=sys.executable, root=ROOT, arch="9.0", jobs=None, 
                                    "st = fastgan.backends(); "
                                    "sys.exit(0 if st['cuda']['available'] and st['triton']['available'] else 1)"],
                       30, what="the cuda and triton backends are available"))
-    steps.append(Step("tests", pytest + ["--junitxml", os.path.join(out, "tests", "junit.xml"), "tests"], 220,
+    # the nvcc compile check is left out: the build step has just compiled the same sources with the
+    # same flags, for this GPU (it would spend a minute of the budget recompiling them)
+    steps.append(Step("tests", pytest + ["--junitxml", os.path.join(out, "tests", "junit.xml"),
+                                         "-k", "not test_cuda_source_compiles", "tests"], 220,
                       group="checks", what="the whole test suite (each backend on its own device)"))
     for tool in ("memcheck", "racecheck"):
         env = {"PYTORCH_NO_CUDA_MEMORY_CACHING": "1"} if tool == "memcheck" else {}

@@ -139,6 +139,13 @@ def test_specializations_cover_dtypes_and_flags(specs):
     assert len(flags) == 7, flags
 
 
+def test_no_python_float_arguments(specs):
+    """Triton types a Python float as fp32, which rounds an fp64 kernel's parameter: scalars travel
+    as ``f64_bits`` ints (decoded by ``f64`` in the kernel) instead."""
+    floats = sorted({f"{name}({arg})" for name, sig, _ in specs for arg, t in sig.items() if t in ("fp32", "fp64")})
+    assert not floats, f"Python float kernel arguments: {floats}"
+
+
 def _compile(specs, ccs="90,80"):
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
     env["PYTHONPATH"] = os.pathsep.join([str(ROOT), env.get("PYTHONPATH", "")])

@@ -62,14 +62,19 @@ def arg_names(kernel):
 
 
 def _type_str(value):
-    """The Triton signature type of a runtime (non-constexpr) argument, as its JIT would see it."""
-    from triton.runtime.jit import mangle_type
-
+    """The Triton signature type of a runtime (non-constexpr) argument, as its JIT would see it
+    (written out rather than taken from Triton's private helpers, which change between versions)."""
     if isinstance(value, torch.Tensor):
         return "*" + {torch.float64: "fp64", torch.float32: "fp32", torch.float16: "fp16",
                       torch.bfloat16: "bf16", torch.int64: "i64", torch.int32: "i32", torch.int8: "i8",
                       torch.uint8: "u8", torch.bool: "i1"}[value.dtype]
-    return mangle_type(value)
+    if isinstance(value, bool):
+        return "i1"
+    if isinstance(value, int):
+        return "i32" if -2**31 <= value < 2**31 else ("i64" if -2**63 <= value < 2**63 else "u64")
+    if isinstance(value, float):
+        return "fp32"  # what Triton makes of a Python float; fastgan passes f64_bits instead
+    raise TypeError(f"launch: unsupported runtime argument {value!r} ({type(value).__name__})")
 
 
 def _constexpr_str(value):

@@ -30,6 +30,7 @@ TABLE_CACHE_SIZE = 256  # chunk tables kept (LRU); tables used inside a CUDA gra
 
 _tables = collections.OrderedDict()  # (device, dtype, ((addr, numel), ...)) -> (device table, host table)
 _captured = set()  # keys of tables a captured CUDA graph reads: never evicted
+_capture_keepalive = []  # tables first built during a capture (read by that graph only)
 _lock = threading.Lock()
 stats = {"tables_built": 0}  # for tests: a repeated call must not build a table
 
@@ -88,29 +89,34 @@ def chunk_table(group):
     base = group[0]
     dev = base.device
     key = (dev, base.dtype, tuple((t.data_ptr(), t.numel()) for t in group))
+    capturing = _capturing(dev)
     with _lock:
         hit = _tables.get(key)
         if hit is not None:
             _tables.move_to_end(key)
-    if hit is None:
-        host = _build_table(key[2], base.element_size())
-        if dev.type == "cuda":
-            # pinned: the copy is asynchronous, and allowed (and recorded) inside a graph capture;
-            # the host table stays alive in the cache entry
-            host = host.pin_memory()
-            table = host.to(dev, non_blocking=True)
-        else:
-            table = host
-        stats["tables_built"] += 1
-        hit = (table, host)
-        with _lock:
-            _tables[key] = hit
-            excess = len(_tables) - TABLE_CACHE_SIZE
-            for k in [k for k in _tables if k not in _captured][:max(0, excess)]:
-                del _tables[k]
-    if _capturing(dev):
-        _captured.add(key)  # the graph reads this table at every replay
-    return hit[0]
+            if capturing:
+                _captured.add(key)  # the graph reads this table at every replay: never evict it
+    if hit is not None:
+        return hit[0]
+    host = _build_table(key[2], base.element_size())
+    stats["tables_built"] += 1
+    if dev.type != "cuda":
+        table = host
+    else:
+        # pinned: the copy is asynchronous, and allowed (and recorded) inside a graph capture
+        host = host.pin_memory()
+        table = host.to(dev, non_blocking=True)
+    if capturing:
+        # captured, the copy has not run yet (it runs at each replay): an eager call must not find
+        # this table in the cache before that, so it is only kept alive for the graph
+        _capture_keepalive.append((table, host))
+        return table
+    with _lock:
+        _tables[key] = (table, host)
+        excess = len(_tables) - TABLE_CACHE_SIZE
+        for k in [k for k in _tables if k not in _captured][:max(0, excess)]:
+            del _tables[k]
+    return table
 
 
 @functools.lru_cache(maxsize=64)
