@@ -6,7 +6,7 @@ import pytest
 import torch
 
 import fastgan as fg
-from conftest import DTYPES, available_backends, backend_devices
+from conftest import DTYPES, available_backends, backend_devices, device_for
 
 BACKEND_DEVICES = [("reference", "cpu")] + backend_devices()
 IDS = [f"{b}-{d}" for b, d in BACKEND_DEVICES]
@@ -330,14 +330,17 @@ def ops():
 @pytest.mark.parametrize("name,op", ops(), ids=[n for n, _ in ops()])
 def test_opcheck(name, op):
     gen = torch.Generator().manual_seed(11)
-    tensors = [rand((5, 3), torch.float32, "cpu", gen), rand((70,), torch.float64, "cpu", gen),
-               rand((4, 6), torch.bfloat16, "cpu", gen, "transposed")]
+    dev = device_for(name)  # the op on the device its backend runs on
+    tensors = [rand((5, 3), torch.float32, dev, gen), rand((70,), torch.float64, dev, gen),
+               rand((4, 6), torch.bfloat16, dev, gen, "transposed")]
     torch.library.opcheck(op, (tensors, -0.01, 0.02))
 
 
 @pytest.mark.parametrize("backend", ["reference"] + [n for n, _ in ops()])
 def test_torch_compile_fullgraph(backend):
-    ws = [torch.randn(5, 3), torch.randn(40, dtype=torch.float64), torch.randn(4, 6).t()]
+    dev = device_for(backend)
+    ws = [torch.randn(5, 3, device=dev), torch.randn(40, dtype=torch.float64, device=dev),
+          torch.randn(4, 6, device=dev).t()]
     want = [expected(w, -0.5, 0.5) for w in ws]
     run = lambda ts: fg.clip_weights_(ts, 0.5, backend=backend)  # noqa: E731
     torch.compile(run, fullgraph=True, backend="aot_eager")(ws)
