@@ -146,11 +146,10 @@ def test_no_python_float_arguments(specs):
     assert not floats, f"Python float kernel arguments: {floats}"
 
 
-def _compile(specs, ccs="90,80"):
+def _compile(specs, tmp_path, ccs="90,80"):
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
     env["PYTHONPATH"] = os.pathsep.join([str(ROOT), env.get("PYTHONPATH", "")])
-    path = ROOT / "build" / "aot_specs.json"
-    path.parent.mkdir(exist_ok=True)
+    path = tmp_path / "aot_specs.json"
     path.write_text(json.dumps(specs))
     res = subprocess.run([sys.executable, "-m", "fastgan._triton.aot", str(path), ccs], capture_output=True,
                          text=True, env=env, timeout=900, cwd=ROOT)
@@ -158,8 +157,8 @@ def _compile(specs, ccs="90,80"):
     return json.loads(res.stdout)
 
 
-def test_aot_compile_sm90_sm80(specs):
-    rows = _compile(specs)
+def test_aot_compile_sm90_sm80(specs, tmp_path):
+    rows = _compile(specs, tmp_path)
     assert len(rows) == 2 * len(specs)
     failed = [f"{r['kernel']} cc={r['cc']} {r['signature']} {r['constexprs']}:\n{r['error']}" for r in rows
               if not r["ok"]]
