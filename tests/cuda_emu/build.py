@@ -138,7 +138,7 @@ def _rewrite_shared(text):
     return re.subn(r"(extern\s+)?__shared__\s+([^;]+?)\s*;", repl, text)
 
 
-def rewrite_cu(text, path):
+def rewrite_cu(text, path, require_impl=True):
     """The emulation source for one .cu file (same line numbers, plus #line)."""
     bounds = launch_bounds(text)
     text, n_launch = _rewrite_launches(text, bounds)
@@ -149,7 +149,7 @@ def rewrite_cu(text, path):
     text = re.sub(r"\.is_cuda\(\)", ".is_cpu()", text)
     text = re.sub(r"\b(\w+)\.get_device\(\)", r"::cuemu::get_device(\1)", text)
     leftover = [s for s in ("<<<", ">>>", "__shared__", "TORCH_LIBRARY_IMPL(fastgan,") if s in text]
-    if leftover or n_impl == 0:
+    if leftover or (require_impl and n_impl == 0):
         raise RewriteError(f"{path}: rewrite incomplete (left: {leftover}, {n_impl} TORCH_LIBRARY_IMPL blocks)")
     if "__global__" in text and n_launch == 0:
         raise RewriteError(f"{path}: kernels but no launch found")
@@ -173,6 +173,7 @@ def _sources():
     if not out:
         raise RewriteError("csrc/cuda has no .cu sources")
     out.append(("ops_emu.cpp", rewrite_schemas((CSRC / "ops.cpp").read_text(), CSRC / "ops.cpp")))
+    out.append(("selftest.cpp", rewrite_cu((EMU / "selftest.cu").read_text(), EMU / "selftest.cu", False)))
     out.append(("runtime.cpp", f'#line 1 "{EMU / "runtime.cpp"}"\n' + (EMU / "runtime.cpp").read_text()))
     return out
 

@@ -166,7 +166,7 @@ int get_device(const T& t) {
 
 #define CUEMU_SITE (::cuemu::Site{__FILE__, __LINE__})
 #define __syncthreads() ::cuemu::syncthreads(CUEMU_SITE)
-#define __syncwarp(...) ::cuemu::syncwarp(CUEMU_SITE, ##__VA_ARGS__)
+#define __syncwarp(...) ::cuemu::syncwarp(CUEMU_SITE __VA_OPT__(, ) __VA_ARGS__)
 #define __shfl_down_sync(mask, var, ...) ::cuemu::shfl(CUEMU_SITE, ::cuemu::WarpOp::down, mask, var, __VA_ARGS__)
 #define __shfl_up_sync(mask, var, ...) ::cuemu::shfl(CUEMU_SITE, ::cuemu::WarpOp::up, mask, var, __VA_ARGS__)
 #define __shfl_xor_sync(mask, var, ...) ::cuemu::shfl(CUEMU_SITE, ::cuemu::WarpOp::xor_, mask, var, __VA_ARGS__)
