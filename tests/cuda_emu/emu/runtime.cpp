@@ -22,38 +22,55 @@ std::chrono::milliseconds timeout() {
   return std::chrono::milliseconds(env_int("FASTGAN_EMU_TIMEOUT_S", 60) * 1000);
 }
 
+// Lock discipline (it matters to ThreadSanitizer, which must see only the synchronisation the
+// kernel itself performs): each warp has its own mutex and the block barrier another, so warp
+// intrinsics never order threads of different warps; the bookkeeping every thread touches
+// (deadlock count, exits, failure) is atomics with relaxed order, which create no happens-before.
 struct Warp {
-  int arrived = 0;
+  std::mutex mu;
+  std::condition_variable cv;
+  int arrived = 0;  // guarded by mu (the atomics below mirror it for messages)
   uint64_t gen = 0;
   Site site{"", 0};
   unsigned mask = 0;
   WarpOp op = WarpOp::sync;
   unsigned exists = 0, exited = 0;
+  std::atomic<int> waiting{0}, site_line{0};
+  std::atomic<const char*> site_file{""};
   // Two slot arrays used alternately: a lane that races ahead to the next exchange writes the
   // other array, so it cannot overwrite a value a slower lane has still to read.
   unsigned char slots[2][32][16];
-  std::condition_variable cv;
 };
 
 // The block that runs now (blocks run one at a time).
 struct Block {
-  std::mutex mu;
   int n = 0;
   uint3 idx{0, 0, 0};
-  int exited = 0, blocked = 0, first_exited = -1;
-  int bar_arrived = 0;
+  std::mutex bar_mu;
+  std::condition_variable bar_cv;
+  int bar_arrived = 0;  // guarded by bar_mu
   uint64_t bar_gen = 0;
   Site bar_site{"", 0};
-  std::condition_variable bar_cv;
-  std::vector<std::unique_ptr<Warp>> warps;
-  bool failed = false;
+  std::atomic<int> bar_waiting{0}, bar_line{0};
+  std::atomic<const char*> bar_file{""};
+  std::atomic<int> exited{0}, first_exited{-1};
+  // threads waiting (not yet released by the thread that completes their barrier) + exited:
+  // when it reaches n while someone waits, no thread can release the others.
+  std::atomic<int> stalled{0};
+  std::atomic<bool> failed{false};
+  std::mutex err_mu;
   std::string error;
+  std::vector<std::unique_ptr<Warp>> warps;
 
+  // Only between blocks, with no worker running.
   void reset(int threads, uint3 block_idx) {
     n = threads;
     idx = block_idx;
-    exited = blocked = bar_arrived = 0;
+    bar_arrived = 0;
+    bar_waiting = 0;
+    exited = 0;
     first_exited = -1;
+    stalled = 0;
     failed = false;
     error.clear();
     const int nw = (threads + 31) / 32;
@@ -61,49 +78,67 @@ struct Block {
     for (int w = 0; w < nw; ++w) {
       Warp& W = *warps[w];
       W.arrived = 0;
+      W.waiting = 0;
       W.exited = 0;
       const int lanes = std::min(32, threads - 32 * w);
       W.exists = lanes == 32 ? 0xffffffffu : ((1u << lanes) - 1u);
     }
   }
 
-  // Records the first error and wakes every waiting thread (they unwind with Abort).
+  // Records the first error and wakes every waiting thread (they unwind with Abort). Must be
+  // called without holding bar_mu or a warp's mutex.
   void fail(const std::string& msg) {
-    if (!failed) {
-      failed = true;
-      error = msg;
+    {
+      std::lock_guard<std::mutex> l(err_mu);
+      if (!failed.load(std::memory_order_relaxed)) {
+        error = msg;
+        failed.store(true, std::memory_order_relaxed);
+      }
     }
-    bar_cv.notify_all();
-    for (auto& w : warps) w->cv.notify_all();
+    {
+      std::lock_guard<std::mutex> l(bar_mu);
+      bar_cv.notify_all();
+    }
+    for (int w = 0; w < (n + 31) / 32; ++w) {
+      std::lock_guard<std::mutex> l(warps[w]->mu);
+      warps[w]->cv.notify_all();
+    }
   }
+
+  bool has_failed() const { return failed.load(std::memory_order_relaxed); }
 
   std::string state() const {
     std::ostringstream os;
-    if (bar_arrived) os << "; " << bar_arrived << " thread(s) wait at __syncthreads() at " << where(bar_site);
-    for (size_t w = 0; w < warps.size() && int(w) * 32 < n; ++w)
-      if (warps[w]->arrived)
-        os << "; warp " << w << ": " << warps[w]->arrived << " lane(s) wait at the warp intrinsic at "
-           << where(warps[w]->site);
-    if (exited) os << "; " << exited << " thread(s) exited";
+    if (int k = bar_waiting.load(std::memory_order_relaxed))
+      os << "; " << k << " thread(s) wait at __syncthreads() at " << bar_file.load(std::memory_order_relaxed) << ":"
+         << bar_line.load(std::memory_order_relaxed);
+    for (int w = 0; w < (n + 31) / 32; ++w)
+      if (int k = warps[w]->waiting.load(std::memory_order_relaxed))
+        os << "; warp " << w << ": " << k << " lane(s) wait at a warp intrinsic at "
+           << warps[w]->site_file.load(std::memory_order_relaxed) << ":"
+           << warps[w]->site_line.load(std::memory_order_relaxed);
+    if (int k = exited.load(std::memory_order_relaxed)) os << "; " << k << " thread(s) exited";
     return os.str();
   }
 
-  // Called with the lock held by a thread about to wait: if no thread can still move, deadlock.
-  void check_deadlock() {
-    if (blocked > 0 && blocked + exited == n)
-      fail("deadlock: every live thread of the block waits and none can release the others" + state());
-  }
-
+  // Waits (lock held) until done(); unwinds with Abort on failure, deadlock or timeout.
   template <typename Pred>
   void wait(std::unique_lock<std::mutex>& l, std::condition_variable& cv, Pred done, Site s) {
-    ++blocked;  // the thread that completes the barrier subtracts its waiters
-    check_deadlock();
-    const auto deadline = std::chrono::steady_clock::now() + timeout();
-    while (!failed && !done()) {
-      if (cv.wait_until(l, deadline) == std::cv_status::timeout && !failed && !done())
-        fail("timeout at " + where(s) + ": a deadlock, or a thread that never reaches the barrier" + state());
+    if (stalled.fetch_add(1, std::memory_order_relaxed) + 1 == n) {
+      l.unlock();
+      fail("deadlock at " + where(s) + ": every live thread of the block waits and none can release the others" +
+           state());
+      throw Abort{};
     }
-    if (failed) throw Abort{};
+    const auto deadline = std::chrono::steady_clock::now() + timeout();
+    while (!has_failed() && !done()) {
+      if (cv.wait_until(l, deadline) == std::cv_status::timeout && !has_failed() && !done()) {
+        l.unlock();
+        fail("timeout at " + where(s) + ": a deadlock, or a thread that never reaches the barrier" + state());
+        throw Abort{};
+      }
+    }
+    if (has_failed()) throw Abort{};
   }
 };
 
@@ -138,36 +173,45 @@ const char* op_name(WarpOp op) {
   return "?";
 }
 
-[[noreturn]] void fail_here(Block& B, const std::string& msg) {
+[[noreturn]] void fail_here(std::unique_lock<std::mutex>& l, Block& B, const std::string& msg) {
+  l.unlock();
   B.fail(msg);
   throw Abort{};
 }
 
 void thread_exit(int tid) {
   Block& B = g_block;
-  std::lock_guard<std::mutex> l(B.mu);
-  ++B.exited;
-  if (B.first_exited < 0) B.first_exited = tid;
+  B.exited.fetch_add(1, std::memory_order_relaxed);
+  int none = -1;
+  B.first_exited.compare_exchange_strong(none, tid, std::memory_order_relaxed);
+  std::string msg;
   Warp& W = *B.warps[tid / 32];
   const unsigned bit = 1u << (tid % 32);
-  W.exited |= bit;
-  if (B.failed) return;
-  if (B.bar_arrived > 0)
-    B.fail(thread_name(tid) + " exited while " + std::to_string(B.bar_arrived) +
-           " thread(s) wait at __syncthreads() at " + where(B.bar_site) +
-           ": a barrier must be reached by every thread of the block");
-  else if (W.arrived > 0 && (W.mask & bit))
-    B.fail(thread_name(tid) + " exited while its warp waits at " + op_name(W.op) + " at " + where(W.site) +
-           " with mask " + hex(W.mask) + ", which includes it");
-  else
-    B.check_deadlock();
+  {
+    std::lock_guard<std::mutex> l(W.mu);
+    W.exited |= bit;
+    if (W.arrived > 0 && (W.mask & bit))
+      msg = thread_name(tid) + " exited while its warp waits at " + op_name(W.op) + " at " + where(W.site) +
+            " with mask " + hex(W.mask) + ", which includes it";
+  }
+  if (msg.empty()) {
+    std::lock_guard<std::mutex> l(B.bar_mu);
+    if (B.bar_arrived > 0)
+      msg = thread_name(tid) + " exited while " + std::to_string(B.bar_arrived) +
+            " thread(s) wait at __syncthreads() at " + where(B.bar_site) +
+            ": a barrier must be reached by every thread of the block";
+  }
+  if (B.stalled.fetch_add(1, std::memory_order_relaxed) + 1 == B.n &&
+      B.exited.load(std::memory_order_relaxed) < B.n && msg.empty())
+    msg = "deadlock: " + thread_name(tid) + " exited and every other live thread waits" + B.state();
+  if (!msg.empty() && !B.has_failed()) B.fail(msg);
 }
 
 // ---- the pool of OS threads that run a block's threads ----
 struct Worker {
   std::mutex mu;
   std::condition_variable cv;
-  bool has_job = false;
+  const std::function<void(int)>* job = nullptr;
 };
 
 class Pool {
@@ -177,21 +221,19 @@ class Pool {
       workers_.push_back(std::make_unique<Worker>());
       std::thread(&Pool::loop, this, int(workers_.size()) - 1, workers_.back().get()).detach();
     }
-    {
-      std::lock_guard<std::mutex> l(done_mu_);
-      done_ = 0;
-      n_ = n;
-      job_ = &job;
-    }
+    done_.store(0, std::memory_order_relaxed);
+    n_ = n;
+    // each worker is handed the job under its own mutex: workers do not synchronise with each other
     for (int i = 0; i < n; ++i) {
       std::lock_guard<std::mutex> l(workers_[i]->mu);
-      workers_[i]->has_job = true;
+      workers_[i]->job = &job;
       workers_[i]->cv.notify_one();
     }
     std::unique_lock<std::mutex> l(done_mu_);
     // Barrier waits time out on their own; this only fires for a thread that never returns
     // (an endless loop without barriers), which cannot be unwound: report and stop.
-    if (!done_cv_.wait_for(l, 2 * timeout() + std::chrono::seconds(5), [&] { return done_ == n_; })) {
+    if (!done_cv_.wait_for(l, 2 * timeout() + std::chrono::seconds(5),
+                           [&] { return done_.load(std::memory_order_acquire) == n; })) {
       std::fprintf(stderr, "cuda_emu: a kernel thread did not finish within the timeout (endless loop?)%s\n",
                    g_block.state().c_str());
       std::abort();
@@ -204,24 +246,24 @@ class Pool {
       const std::function<void(int)>* job;
       {
         std::unique_lock<std::mutex> l(w->mu);
-        w->cv.wait(l, [&] { return w->has_job; });
-        w->has_job = false;
-      }
-      {
-        std::lock_guard<std::mutex> l(done_mu_);
-        job = job_;
+        w->cv.wait(l, [&] { return w->job != nullptr; });
+        job = w->job;
+        w->job = nullptr;
       }
       (*job)(id);
-      std::lock_guard<std::mutex> l(done_mu_);
-      if (++done_ == n_) done_cv_.notify_one();
+      // release: the launcher (and through it the next block) sees everything this thread wrote
+      if (done_.fetch_add(1, std::memory_order_acq_rel) + 1 == n_) {
+        std::lock_guard<std::mutex> l(done_mu_);
+        done_cv_.notify_one();
+      }
     }
   }
 
   std::vector<std::unique_ptr<Worker>> workers_;
   std::mutex done_mu_;
   std::condition_variable done_cv_;
-  int done_ = 0, n_ = 0;
-  const std::function<void(int)>* job_ = nullptr;
+  std::atomic<int> done_{0};
+  int n_ = 0;
 };
 
 Pool& pool() {
@@ -263,24 +305,30 @@ void* dynamic_smem() { return g_dynamic_smem.data(); }
 void syncthreads(Site s) {
   Block& B = g_block;
   const int tid = linear_tid();
-  std::unique_lock<std::mutex> l(B.mu);
-  if (B.failed) throw Abort{};
-  if (B.exited > 0)
-    fail_here(B, "__syncthreads() at " + where(s) + " reached by " + thread_name(tid) + " after " +
-                     std::to_string(B.exited) + " thread(s) of the block exited (first: " +
-                     thread_name(B.first_exited) + "): a barrier must be reached by every thread of the block");
-  if (B.bar_arrived == 0)
+  std::unique_lock<std::mutex> l(B.bar_mu);
+  if (B.has_failed()) throw Abort{};
+  if (const int ex = B.exited.load(std::memory_order_relaxed))
+    fail_here(l, B, "__syncthreads() at " + where(s) + " reached by " + thread_name(tid) + " after " +
+                        std::to_string(ex) + " thread(s) of the block exited (first: " +
+                        thread_name(B.first_exited.load(std::memory_order_relaxed)) +
+                        "): a barrier must be reached by every thread of the block");
+  if (B.bar_arrived == 0) {
     B.bar_site = s;
-  else if (!(B.bar_site == s))
-    fail_here(B, "divergent __syncthreads(): " + thread_name(tid) + " at " + where(s) + ", " +
-                     std::to_string(B.bar_arrived) + " other thread(s) at " + where(B.bar_site));
+    B.bar_file.store(s.file, std::memory_order_relaxed);
+    B.bar_line.store(s.line, std::memory_order_relaxed);
+  } else if (!(B.bar_site == s)) {
+    fail_here(l, B, "divergent __syncthreads(): " + thread_name(tid) + " at " + where(s) + ", " +
+                        std::to_string(B.bar_arrived) + " other thread(s) at " + where(B.bar_site));
+  }
   if (++B.bar_arrived == B.n) {
     B.bar_arrived = 0;
     ++B.bar_gen;
-    B.blocked -= B.n - 1;
+    B.bar_waiting.store(0, std::memory_order_relaxed);
+    B.stalled.fetch_sub(B.n - 1, std::memory_order_relaxed);
     B.bar_cv.notify_all();
     return;
   }
+  B.bar_waiting.store(B.bar_arrived, std::memory_order_relaxed);
   const uint64_t gen = B.bar_gen;
   B.wait(l, B.bar_cv, [&] { return B.bar_gen != gen; }, s);
 }
@@ -290,27 +338,30 @@ void warp_exchange(Site s, WarpOp op, unsigned mask, const void* value, size_t b
   Block& B = g_block;
   const int tid = linear_tid(), lane = tid % 32;
   const unsigned bit = 1u << lane;
-  std::unique_lock<std::mutex> l(B.mu);
-  if (B.failed) throw Abort{};
   Warp& W = *B.warps[tid / 32];
+  std::unique_lock<std::mutex> l(W.mu);
+  if (B.has_failed()) throw Abort{};
   const std::string call = std::string(op_name(op)) + " at " + where(s);
   if (width <= 0 || width > 32 || (width & (width - 1)))
-    fail_here(B, call + ": width " + std::to_string(width) + " is not a power of 2 <= 32");
+    fail_here(l, B, call + ": width " + std::to_string(width) + " is not a power of 2 <= 32");
   if (!(mask & bit))
-    fail_here(B, call + ": " + thread_name(tid) + " calls it with mask " + hex(mask) + ", which excludes its own lane");
+    fail_here(l, B, call + ": " + thread_name(tid) + " calls it with mask " + hex(mask) +
+                        ", which excludes its own lane");
   if (mask & ~W.exists)
-    fail_here(B, call + ": mask " + hex(mask) + " names lanes that do not exist in warp " + std::to_string(tid / 32) +
-                     " (block of " + std::to_string(B.n) + " threads)");
+    fail_here(l, B, call + ": mask " + hex(mask) + " names lanes that do not exist in warp " +
+                        std::to_string(tid / 32) + " (block of " + std::to_string(B.n) + " threads)");
   if (mask & W.exited)
-    fail_here(B, call + ": mask " + hex(mask) + " names lanes that have exited (" + hex(mask & W.exited) + ")");
+    fail_here(l, B, call + ": mask " + hex(mask) + " names lanes that have exited (" + hex(mask & W.exited) + ")");
   if (W.arrived == 0) {
     W.site = s;
     W.mask = mask;
     W.op = op;
+    W.site_file.store(s.file, std::memory_order_relaxed);
+    W.site_line.store(s.line, std::memory_order_relaxed);
   } else if (!(W.site == s) || W.mask != mask || W.op != op) {
-    fail_here(B, "divergent warp: " + thread_name(tid) + " at " + call + " with mask " + hex(mask) + ", " +
-                     std::to_string(W.arrived) + " lane(s) of its warp at " + op_name(W.op) + " at " +
-                     where(W.site) + " with mask " + hex(W.mask));
+    fail_here(l, B, "divergent warp: " + thread_name(tid) + " at " + call + " with mask " + hex(mask) + ", " +
+                        std::to_string(W.arrived) + " lane(s) of its warp at " + op_name(W.op) + " at " +
+                        where(W.site) + " with mask " + hex(W.mask));
   }
   const int p = int(W.gen & 1);
   std::memcpy(W.slots[p][lane], value, bytes);
@@ -318,9 +369,11 @@ void warp_exchange(Site s, WarpOp op, unsigned mask, const void* value, size_t b
   if (++W.arrived == need) {
     W.arrived = 0;
     ++W.gen;
-    B.blocked -= need - 1;
+    W.waiting.store(0, std::memory_order_relaxed);
+    B.stalled.fetch_sub(need - 1, std::memory_order_relaxed);
     W.cv.notify_all();
   } else {
+    W.waiting.store(W.arrived, std::memory_order_relaxed);
     const uint64_t gen = W.gen;
     B.wait(l, W.cv, [&] { return W.gen != gen; }, s);
   }
@@ -334,8 +387,8 @@ void warp_exchange(Site s, WarpOp op, unsigned mask, const void* value, size_t b
     default: break;
   }
   if (src < 0 || src > 31 || !(mask & (1u << src)))
-    fail_here(B, call + ": " + thread_name(tid) + " reads lane " + std::to_string(src) + ", which is not in mask " +
-                     hex(mask) + " (the value would be undefined)");
+    fail_here(l, B, call + ": " + thread_name(tid) + " reads lane " + std::to_string(src) + ", which is not in mask " +
+                        hex(mask) + " (the value would be undefined)");
   std::memcpy(out, W.slots[p][src], bytes);
   if (votes) {
     unsigned v = 0;
@@ -389,10 +442,7 @@ void run(const LaunchInfo& info, const Config& cfg, const std::function<void()>&
   Block& B = g_block;
   for (long long lin : order) {
     const uint3 bi{unsigned(lin % g.x), unsigned(lin / g.x % g.y), unsigned(lin / (g.x * g.y))};
-    {
-      std::lock_guard<std::mutex> l(B.mu);
-      B.reset(n, bi);
-    }
+    B.reset(n, bi);
     poison_shared();
     const std::function<void(int)> job = [&](int tid) {
       threadIdx = uint3{unsigned(tid % b.x), unsigned(tid / b.x % b.y), unsigned(tid / (b.x * b.y))};
@@ -403,13 +453,12 @@ void run(const LaunchInfo& info, const Config& cfg, const std::function<void()>&
         body();
       } catch (const Abort&) {
       } catch (const std::exception& e) {
-        std::lock_guard<std::mutex> l(B.mu);
         B.fail(thread_name(tid) + " threw: " + e.what());
       }
       thread_exit(tid);
     };
     pool().run_block(n, job);
-    if (B.failed)
+    if (B.has_failed())
       bad("block (" + std::to_string(bi.x) + ", " + std::to_string(bi.y) + ", " + std::to_string(bi.z) +
           ") [block order " + order_name + "]: " + B.error);
   }
