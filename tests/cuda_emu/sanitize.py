@@ -33,6 +33,9 @@ def command(kind, pytest_args=(), log_dir=None):
         raise RuntimeError(f"the compiler has no {kind} sanitizer runtime")
     opts = {k: v + (f" log_path={log_dir}/report" if log_dir else "") for k, v in OPTIONS[kind].items()}
     env = dict(os.environ, FASTGAN_EMU_SANITIZE=kind, LD_PRELOAD=runtime, **opts)
+    # torch's own OpenMP threads are not instrumented: ThreadSanitizer would report their
+    # synchronisation as races (false positives). The emulation's threads are unaffected.
+    env.update(OMP_NUM_THREADS="1", MKL_NUM_THREADS="1")
     env["PYTHONPATH"] = os.pathsep.join(p for p in (str(build.ROOT), env.get("PYTHONPATH")) if p)
     argv = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", HERE,
             f"--ignore={os.path.join(HERE, 'test_sanitizers.py')}", *pytest_args]

@@ -250,9 +250,12 @@ class Pool {
         job = w->job;
         w->job = nullptr;
       }
+      // n_ is read before this thread counts itself done: after that the launcher may set it
+      // for the next block
+      const int n = n_;
       (*job)(id);
       // release: the launcher (and through it the next block) sees everything this thread wrote
-      if (done_.fetch_add(1, std::memory_order_acq_rel) + 1 == n_) {
+      if (done_.fetch_add(1, std::memory_order_acq_rel) + 1 == n) {
         std::lock_guard<std::mutex> l(done_mu_);
         done_cv_.notify_one();
       }
