@@ -102,7 +102,8 @@ Plan plan(const at::Tensor& rows, int64_t B, int64_t N, const void* out_ptr) {
   const int64_t step = int64_t(kThreads) * VEC;
   const int64_t want = kTargetBlocks;
   int64_t splits = std::max<int64_t>(1, std::min((want + B - 1) / B, (N + step - 1) / step));
-  int64_t chunk = ((N + splits - 1) / splits + step - 1) / step * step;
+  // at least one step: rows of N == 0 elements (B > 0) would otherwise give chunk = 0 and a division by zero
+  int64_t chunk = std::max<int64_t>(step, ((N + splits - 1) / splits + step - 1) / step * step);
   splits = std::max<int64_t>(1, (N + chunk - 1) / chunk);
   bool vec = N % VEC == 0 && rows.stride(0) % VEC == 0 &&
              reinterpret_cast<uintptr_t>(rows.const_data_ptr()) % 16 == 0 &&
