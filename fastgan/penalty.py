@@ -34,9 +34,17 @@ def _check_pair(real, fake):
             raise ValueError(f"real and fake must have the same {what}, got {a} and {b}")
 
 
+def _is_inference(x=None):
+    """Inference mode is on (``x`` is None) or ``x`` is an inference tensor; dynamo cannot trace either
+    question (and torch.compile'd code does not run under inference mode), so False while compiling."""
+    if torch.compiler.is_compiling():
+        return False
+    return torch.is_inference_mode_enabled() if x is None else x.is_inference()
+
+
 def _check_autograd_on(fn):
     """The regularizers need autograd: under no_grad the penalty would silently carry no gradient."""
-    if torch.is_inference_mode_enabled():
+    if _is_inference():
         raise RuntimeError(f"{fn} cannot run under torch.inference_mode(): the penalty needs autograd (the "
                            f"gradient of D at the samples, and a graph to D's parameters). Call it outside "
                            f"inference_mode.")
@@ -89,7 +97,7 @@ def _critic_grad(D, x, batch=None):
     DDP all-reduces the penalty's gradients: see fastgan/distributed.py.
     """
     x = x.detach()
-    if x.is_inference():  # an inference tensor cannot require grad: a normal copy can
+    if _is_inference(x):  # an inference tensor cannot require grad: a normal copy can
         x = x.clone()
     x.requires_grad_(True)
     batch = (x.shape[0],) if batch is None else batch
@@ -218,7 +226,7 @@ def dragan_penalty(D, real, *, weight=10.0, target=1.0, c=10.0, perturbation="ga
     _validate.check_choice(perturbation, "perturbation", ("gaussian", "uniform"))
     _validate.check_generator(generator)
     real = real.detach()
-    if real.is_inference():
+    if _is_inference(real):
         real = real.clone()
     if noise is not None:
         _check_tensor(noise, "noise")
