@@ -2,6 +2,12 @@
 // costs tens of microseconds per call, as much as the kernels themselves for a DCGAN-sized batch.
 // norms are returned for logging and are not differentiable; the gradient of phi is
 // dL/dg_i = c_i g_i (fastgan::gnp_backward / gnp_loss_backward).
+//
+// Higher order: when the backward itself is recorded (create_graph=True: backward(create_graph=True),
+// grad(gp, params, create_graph=True) in unrolled GANs or consensus optimization, gradgradcheck), the
+// kernels' output would carry no graph and every higher derivative would silently be wrong. There the
+// same formula is computed with differentiable ATen ops instead (slower, first order stays fused).
+#include <ATen/ATen.h>
 #include <ATen/core/dispatch/Dispatcher.h>
 #include <torch/autograd.h>
 #include <torch/library.h>
@@ -27,6 +33,28 @@ struct Saved {
   double target, power;
   bool one_sided;
 };
+
+// dL/dgrads with a graph: the eager reference's forward (fastgan/reference.py) recomputed from grads with
+// ATen ops and differentiated by autograd with create_graph, so every higher derivative is the
+// reference's own, edge cases included (e.g. NaN second derivatives at zero rows, as eager's norm).
+// gphi: (B,) per-sample upstream gradients, or one element (times scale) broadcast to every row.
+at::Tensor differentiable_backward(const at::Tensor& gphi, const at::Tensor& grads, double t, double p,
+                                   bool one_sided, double scale = 1.0) {
+  const int64_t B = grads.size(0);
+  const auto acc = grads.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
+  at::Tensor g = grads.reshape({B, -1}).to(acc);
+  at::Tensor phi;
+  if (t == 0.0 && p == 2.0 && !one_sided) {
+    phi = (g * g).sum(1);
+  } else {
+    at::Tensor d = at::linalg_vector_norm(g, 2, {1}) - t;
+    phi = one_sided ? d.clamp_min(0).pow(p) : d.abs().pow(p);
+  }
+  at::Tensor gp = gphi.to(acc);
+  if (scale != 1.0) gp = gp * scale;  // in the accumulation dtype: 1/B would underflow in half
+  gp = gp.reshape({-1}).expand({B});
+  return torch::autograd::grad({phi}, {grads}, {gp}, /*retain_graph=*/true, /*create_graph=*/true)[0];
+}
 
 Saved saved(AutogradContext* ctx) {
   auto t = ctx->get_saved_variables();
@@ -55,7 +83,8 @@ class GnpForward : public torch::autograd::Function<GnpForward> {
     at::Tensor dg;
     if (grad_out[0].defined()) {
       Saved s = saved(ctx);
-      dg = op.call(grad_out[0], s.grads, s.norms, s.target, s.power, s.one_sided);
+      dg = at::GradMode::is_enabled() ? differentiable_backward(grad_out[0], s.grads, s.target, s.power, s.one_sided)
+                                      : op.call(grad_out[0], s.grads, s.norms, s.target, s.power, s.one_sided);
     }
     return {dg, at::Tensor(), at::Tensor(), at::Tensor()};
   }
@@ -83,7 +112,10 @@ class GnpLoss : public torch::autograd::Function<GnpLoss> {
     at::Tensor dg;
     if (grad_out[0].defined()) {
       Saved s = saved(ctx);
-      dg = op.call(grad_out[0], s.grads, s.norms, s.target, s.power, s.one_sided, ctx->saved_data["scale"].toDouble());
+      const double scale = ctx->saved_data["scale"].toDouble();
+      dg = at::GradMode::is_enabled()
+               ? differentiable_backward(grad_out[0], s.grads, s.target, s.power, s.one_sided, scale)
+               : op.call(grad_out[0], s.grads, s.norms, s.target, s.power, s.one_sided, scale);
     }
     return {dg, at::Tensor(), at::Tensor(), at::Tensor(), at::Tensor()};
   }

@@ -2,6 +2,11 @@
 // costs tens of microseconds per call, more than the kernel for most critic layers, and spectral
 // norm runs once per layer per forward. u, v and sigma are constants (torch's semantics: the
 // gradient flows through W only, via sigma = u^T W_mat v).
+//
+// Higher order: when the backward itself is recorded (create_graph=True, e.g. grad(loss, W,
+// create_graph=True) in unrolled GANs or gradient-norm regularizers on G), the kernel's output would
+// carry no graph; there the same formula is computed with differentiable ATen ops instead.
+#include <ATen/ATen.h>
 #include <ATen/core/dispatch/Dispatcher.h>
 #include <torch/autograd.h>
 #include <torch/library.h>
@@ -39,6 +44,29 @@ at::Tensor call_backward(const at::Tensor& g, const at::Tensor& w, const at::Ten
   return op.call(g, w, u, v, sigma, dim);
 }
 
+// dW = grad / sigma - <grad, W> / sigma^2 * u v^T with differentiable ATen ops, sigma = u^T W_mat v
+// recomputed from W (so it carries W's graph) and u, v constants, as torch's parametrization.
+at::Tensor differentiable_backward(const at::Tensor& grad, const at::Tensor& w, const at::Tensor& u,
+                                   const at::Tensor& v, int64_t dim) {
+  const auto acc = w.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
+  std::vector<int64_t> perm{dim}, inverse(w.dim());
+  for (int64_t d = 0; d < w.dim(); ++d)
+    if (d != dim) perm.push_back(d);
+  for (int64_t d = 0; d < w.dim(); ++d) inverse[perm[d]] = d;
+  at::Tensor wa = w.to(acc);
+  at::Tensor wp = wa.permute(perm);
+  at::Tensor ua = u.detach().to(acc), va = v.detach().to(acc);
+  at::Tensor sigma = at::dot(ua, at::mv(wp.reshape({wp.size(0), -1}), va));
+  at::Tensor uv = at::outer(ua, va).reshape(wp.sizes()).permute(inverse);  // d sigma / dW, laid out like W
+  at::Tensor ga = grad.to(acc);
+  return (ga / sigma - (ga * wa).sum() / (sigma * sigma) * uv).to(w.scalar_type());
+}
+
+at::Tensor backward_one(const at::Tensor& g, const at::Tensor& w, const at::Tensor& u, const at::Tensor& v,
+                        const at::Tensor& sigma, int64_t dim) {
+  return at::GradMode::is_enabled() ? differentiable_backward(g, w, u, v, dim) : call_backward(g, w, u, v, sigma, dim);
+}
+
 class SnNormalize : public torch::autograd::Function<SnNormalize> {
  public:
   static at::Tensor forward(AutogradContext* ctx, const at::Tensor& w, const at::Tensor& u, const at::Tensor& v,
@@ -52,7 +80,7 @@ class SnNormalize : public torch::autograd::Function<SnNormalize> {
   static variable_list backward(AutogradContext* ctx, variable_list grads) {
     auto saved = ctx->get_saved_variables();
     const int64_t dim = ctx->saved_data["dim"].toInt();
-    at::Tensor dw = grads[0].defined() ? call_backward(grads[0], saved[0], saved[1], saved[2], saved[3], dim)
+    at::Tensor dw = grads[0].defined() ? backward_one(grads[0], saved[0], saved[1], saved[2], saved[3], dim)
                                        : at::Tensor();
     return {dw, at::Tensor(), at::Tensor(), at::Tensor(), at::Tensor()};
   }
@@ -79,7 +107,7 @@ class SnNormalizeList : public torch::autograd::Function<SnNormalizeList> {
     const size_t n = grads.size();
     variable_list out(4 * n + 1);
     for (size_t l = 0; l < n; ++l)
-      if (grads[l].defined()) out[l] = call_backward(grads[l], s[l], s[n + l], s[2 * n + l], s[3 * n + l], dims[l]);
+      if (grads[l].defined()) out[l] = backward_one(grads[l], s[l], s[n + l], s[2 * n + l], s[3 * n + l], dims[l]);
     return out;
   }
 };

@@ -13,10 +13,17 @@ import numbers
 import torch
 
 
+def _is_numpy_bool(x):
+    return type(x).__module__ == "numpy" and type(x).__name__ in ("bool_", "bool")
+
+
 def check_bool(x, name):
-    if not isinstance(x, bool):
-        raise TypeError(f"{name} must be a bool, got {x!r} ({type(x).__name__})")
-    return x
+    """``True``/``False`` (numpy bools too); ``1``, ``"False"`` or ``None`` are a TypeError."""
+    if isinstance(x, bool):
+        return x
+    if _is_numpy_bool(x):
+        return bool(x)
+    raise TypeError(f"{name} must be a bool, got {x!r} ({type(x).__name__})")
 
 
 def check_int(x, name, *, low=None, high=None):
@@ -24,7 +31,8 @@ def check_int(x, name, *, low=None, high=None):
         raise TypeError(f"{name} must be an int, got {x!r} ({type(x).__name__})")
     x = int(x)
     if low is not None and x < low:
-        raise ValueError(f"{name} must be >= {low}, got {x!r}")
+        raise ValueError(f"{name} must be a positive int (>= 1), got {x!r}" if low == 1
+                         else f"{name} must be >= {low}, got {x!r}")
     if high is not None and x > high:
         raise ValueError(f"{name} must be <= {high}, got {x!r}")
     return x
@@ -45,6 +53,19 @@ def check_real(x, name, *, positive=False, nonnegative=False, finite=False):
     return x
 
 
+def check_generator(x, name="generator"):
+    """None or a ``torch.Generator``."""
+    if x is not None and not isinstance(x, torch.Generator):
+        raise TypeError(f"{name} must be a torch.Generator or None, got {type(x).__name__}")
+    return x
+
+
+def check_callable(x, name):
+    if not callable(x):
+        raise TypeError(f"{name} must be callable (a module or function), got {type(x).__name__}")
+    return x
+
+
 def check_choice(x, name, choices):
     if not isinstance(x, str):
         raise TypeError(f"{name} must be one of {tuple(choices)}, got {x!r} ({type(x).__name__})")
@@ -57,6 +78,8 @@ def check_tensor(x, name, *, floating=True, batch=True):
     """A tensor; ``floating``: of a floating dtype; ``batch``: with a non-empty batch dimension."""
     if not isinstance(x, torch.Tensor):
         raise TypeError(f"{name} must be a torch.Tensor, got {type(x).__name__}")
+    if x.layout != torch.strided:
+        raise TypeError(f"{name} must be a dense (strided) tensor, got layout {x.layout}")
     if floating and not x.is_floating_point():
         raise TypeError(f"{name} must be a floating-point tensor (float16/bfloat16/float32/float64), "
                         f"got dtype {x.dtype}")

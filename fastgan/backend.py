@@ -82,9 +82,9 @@ def backends() -> dict:
 
 
 def _check_name(name):
-    valid = BACKENDS + ("auto",)
-    if not isinstance(name, str) or name not in valid:
-        raise ValueError(f"backend must be one of {valid}, got {name!r}")
+    from ._validate import check_choice  # the shared contract: a non-str is a TypeError
+
+    check_choice(name, "backend", BACKENDS + ("auto",))
 
 
 def _require_available(name):

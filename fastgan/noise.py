@@ -6,20 +6,17 @@ so a perfect discriminator exists and its gradients vanish. Adding the same Gaus
 overlap; annealing ``std`` towards 0 recovers the original problem at the end of training.
 """
 import math
-import numbers
 
 import torch
 
+from . import _validate
 from .penalty import _check_real, _check_tensor
 
 _KINDS = ("linear", "cosine")
 
 
 def _check_int(v, name, lo):
-    if isinstance(v, bool) or not isinstance(v, numbers.Integral):
-        raise TypeError(f"{name} must be an int, got {v!r}")
-    if v < lo:
-        raise ValueError(f"{name} must be >= {lo}, got {v!r}")
+    return _validate.check_int(v, name, low=lo)
 
 
 def instance_noise(x, std, generator=None):
@@ -38,8 +35,7 @@ def instance_noise(x, std, generator=None):
     _check_real(std, "std", nonnegative=True)
     if not math.isfinite(std):
         raise ValueError(f"std must be finite, got {std!r}")
-    if generator is not None and not isinstance(generator, torch.Generator):
-        raise TypeError(f"generator must be a torch.Generator or None, got {type(generator).__name__}")
+    _validate.check_generator(generator)
     if std == 0:
         return x
     eps = torch.randn(x.shape, generator=generator, device=x.device, dtype=x.dtype)
@@ -62,8 +58,7 @@ def anneal_std(step, total_steps, start, end=0.0, kind="linear"):
     _check_int(total_steps, "total_steps", 1)
     _check_real(start, "start", nonnegative=True)
     _check_real(end, "end", nonnegative=True)
-    if kind not in _KINDS:
-        raise ValueError(f"kind must be one of {_KINDS}, got {kind!r}")
+    _validate.check_choice(kind, "kind", _KINDS)
     t = min(step / total_steps, 1.0)
     if kind == "linear":
         return start + (end - start) * t

@@ -5,38 +5,24 @@ fastgan::gnp_loss on CPU; reference / fastgan::gnp_forward CUDA / fastgan_triton
 -> backend kernel.
 """
 import math
-import numbers
 
 import torch
 
-from . import distributed, reference
+from . import _validate, distributed, reference
 from .ops.penalty import gnp_loss as _gnp_loss
 
 _REDUCTIONS = ("mean", "sum", "none")
 
 
 # --------------------------------------------------------------------------------------------
-# validation
+# validation: the shared contract of fastgan/_validate.py (type first, then range; the same bad
+# argument gets the same error from every function and backend). Every check runs before any
+# random draw or call of D, so nothing (tensor, buffer, RNG state) changes when one fails.
 def _check_tensor(x, name):
-    if not isinstance(x, torch.Tensor):
-        raise TypeError(f"{name} must be a torch.Tensor, got {type(x).__name__}")
-    if not x.is_floating_point():
-        raise TypeError(f"{name} must be a floating-point tensor (float16/bfloat16/float32/float64), "
-                        f"got dtype {x.dtype}")
-    if x.dim() == 0:
-        raise ValueError(f"{name} must have a batch dimension (B, ...), got a 0-d tensor")
-    if x.shape[0] == 0:
-        raise ValueError(f"{name} has an empty batch (shape {tuple(x.shape)})")
+    _validate.check_tensor(x, name)
 
 
-def _check_real(x, name, *, positive=False, nonnegative=False):
-    if isinstance(x, bool) or not isinstance(x, numbers.Real) or math.isnan(x):
-        raise (TypeError if not isinstance(x, numbers.Real) or isinstance(x, bool) else ValueError)(
-            f"{name} must be a real number, got {x!r}")
-    if positive and not x > 0:
-        raise ValueError(f"{name} must be > 0, got {x!r}")
-    if nonnegative and not x >= 0:
-        raise ValueError(f"{name} must be >= 0, got {x!r}")
+_check_real = _validate.check_real
 
 
 def _check_pair(real, fake):
@@ -46,6 +32,33 @@ def _check_pair(real, fake):
         a, b = getattr(real, what), getattr(fake, what)
         if a != b:
             raise ValueError(f"real and fake must have the same {what}, got {a} and {b}")
+
+
+def _is_inference(x=None):
+    """Inference mode is on (``x`` is None) or ``x`` is an inference tensor; dynamo cannot trace either
+    question (and torch.compile'd code does not run under inference mode), so False while compiling."""
+    if torch.compiler.is_compiling():
+        return False
+    return torch.is_inference_mode_enabled() if x is None else x.is_inference()
+
+
+def _check_autograd_on(fn):
+    """The regularizers need autograd: under no_grad the penalty would silently carry no gradient."""
+    if _is_inference():
+        raise RuntimeError(f"{fn} cannot run under torch.inference_mode(): the penalty needs autograd (the "
+                           f"gradient of D at the samples, and a graph to D's parameters). Call it outside "
+                           f"inference_mode.")
+    if not torch.is_grad_enabled():
+        raise RuntimeError(f"{fn} was called with gradient computation disabled (torch.no_grad() or "
+                           f"set_grad_enabled(False)): the penalty would have no gradient and silently drop out "
+                           f"of training. Compute it outside the no_grad block (e.g. `with torch.no_grad(): fake = "
+                           f"G(z)`, then the penalty after the block).")
+
+
+def _check_critic(fn, D, return_norms):
+    _check_autograd_on(fn)
+    _validate.check_callable(D, "D")
+    return _validate.check_bool(return_norms, "return_norms")
 
 
 # --------------------------------------------------------------------------------------------
@@ -67,29 +80,39 @@ def grad_norm_penalty(grads, *, target=1.0, power=2.0, one_sided=False, reductio
         >>> loss.backward()                                   # reaches D's parameters
     """
     _check_tensor(grads, "grads")
-    _check_real(target, "target", nonnegative=True)
-    _check_real(power, "power", positive=True)
-    if not isinstance(one_sided, bool):
-        raise TypeError(f"one_sided must be a bool, got {one_sided!r}")
-    if reduction not in _REDUCTIONS:
-        raise ValueError(f"reduction must be one of {_REDUCTIONS}, got {reduction!r}")
+    target = _check_real(target, "target", nonnegative=True)
+    power = _check_real(power, "power", positive=True)
+    one_sided = _validate.check_bool(one_sided, "one_sided")
+    _validate.check_choice(reduction, "reduction", _REDUCTIONS)
     return _gnp_loss(grads, target, power, one_sided, reduction, 1.0, backend)[0]
 
 
 # --------------------------------------------------------------------------------------------
 # regularizers on a critic
-def _critic_grad(D, x):
+def _critic_grad(D, x, batch=None):
     """g = d(sum D(x))/dx at x, with create_graph so the penalty reaches D's parameters.
 
-    Under DDP, D(x) is also tied into g (zero gradient) so DDP all-reduces the penalty's gradients:
-    see fastgan/distributed.py.
+    D's output must have one score (row) per sample: its first dimension is ``batch`` (x's batch by
+    default; a tuple allows packed critics). Under DDP, D(x) is also tied into g (zero gradient) so
+    DDP all-reduces the penalty's gradients: see fastgan/distributed.py.
     """
-    x = x.detach().requires_grad_(True)
+    x = x.detach()
+    if _is_inference(x):  # an inference tensor cannot require grad: a normal copy can
+        x = x.clone()
+    x.requires_grad_(True)
+    batch = (x.shape[0],) if batch is None else batch
     with torch.enable_grad():
         with distributed._watch_ddp(D) as ddp:
             out = D(x)
         if not isinstance(out, torch.Tensor):
             raise TypeError(f"D must return a tensor of scores, got {type(out).__name__}")
+        if not (out.is_floating_point() or out.is_complex()):
+            raise TypeError(f"D must return floating-point scores (autograd differentiates only floating-point "
+                            f"outputs), got dtype {out.dtype}")
+        if out.dim() == 0 or out.shape[0] not in batch:
+            raise ValueError(f"D's output must have the batch as its first dimension (one score per sample, "
+                             f"{' or '.join(map(str, batch))} rows), got shape {tuple(out.shape)}: a critic that "
+                             f"reduces over the batch (e.g. D(x).mean()) would scale the gradient by 1/B")
         if not out.requires_grad:
             raise ValueError("the critic's output does not depend on its input (D(x) does not require grad)")
         (g,) = torch.autograd.grad(out, x, grad_outputs=torch.ones_like(out), create_graph=True,
@@ -106,11 +129,21 @@ def _penalty(g, weight, target, power, one_sided, return_norms):
 
 def _per_sample(v, b, x, name):
     """Broadcast a per-sample vector (B,) against x (B, ...)."""
-    if not isinstance(v, torch.Tensor):
-        raise TypeError(f"{name} must be a tensor of shape ({b},), got {type(v).__name__}")
-    if v.shape != (b,):
-        raise ValueError(f"{name} must have shape ({b},) (one value per sample), got {tuple(v.shape)}")
     return v.to(device=x.device, dtype=x.dtype).view((b,) + (1,) * (x.dim() - 1))
+
+
+def _check_alpha(alpha, b, groups, x):
+    """alpha as a (n,) vector, n = b or groups, from shape (n,) or (n, 1, ..., 1) (eager's (B, 1, 1, 1))."""
+    if not isinstance(alpha, torch.Tensor):
+        raise TypeError(f"alpha must be a tensor of shape ({b},), got {type(alpha).__name__}")
+    if not alpha.is_floating_point():
+        raise TypeError(f"alpha must be a floating-point tensor, got dtype {alpha.dtype}")
+    shape = tuple(alpha.shape)
+    if not (1 <= len(shape) <= x.dim() and shape[0] in (b, groups) and all(s == 1 for s in shape[1:])):
+        also = f" or ({groups},) (one per pack)" if groups != b else ""
+        raise ValueError(f"alpha must have shape ({b},) (one value per sample, or ({b}, 1, ...)){also}, "
+                         f"got {shape}")
+    return alpha.detach().reshape(shape[0])
 
 
 def gradient_penalty(D, real, fake, *, weight=10.0, target=1.0, one_sided=False, alpha=None,
@@ -120,30 +153,38 @@ def gradient_penalty(D, real, fake, *, weight=10.0, target=1.0, one_sided=False,
     ``x̂ = alpha*real + (1-alpha)*fake`` with one ``alpha ~ U[0,1)`` per sample (or per group of
     ``pac`` samples, CTGAN-style packing: the gradient is viewed as ``(B/pac, pac*features)``
     before the norm). ``one_sided=True`` gives ``max(0, n - target)^2`` (see lipschitz_penalty).
-    ``alpha`` (shape (B,) or (B//pac,)) and ``generator`` make it reproducible. Returns the
-    weighted loss, differentiable w.r.t. D's parameters; with ``return_norms`` also the per-sample
-    (per-pack) gradient norms.
+    ``alpha`` (shape (B,), (B, 1, ..., 1) or (B//pac,)) and ``generator`` make it reproducible;
+    alpha, real and fake are constants (an alpha that requires grad is detached, as real and fake
+    are). Returns the weighted loss, differentiable w.r.t. D's parameters; with ``return_norms``
+    also the per-sample (per-pack) gradient norms. D's output must keep the batch as its first
+    dimension (one score per sample, or per pack with ``pac``). Raises RuntimeError under
+    ``torch.no_grad()`` / ``inference_mode()`` (the penalty would carry no gradient).
 
     Example::
 
         >>> d_loss = D(fake).mean() - D(real).mean() + fastgan.gradient_penalty(D, real, fake)
         >>> d_loss.backward()
     """
+    return_norms = _check_critic("gradient_penalty", D, return_norms)
     _check_pair(real, fake)
-    _check_real(weight, "weight")
-    if isinstance(pac, bool) or not isinstance(pac, int) or pac < 1:
-        raise ValueError(f"pac must be a positive int, got {pac!r}")
+    weight = _check_real(weight, "weight")
+    target = _check_real(target, "target", nonnegative=True)
+    one_sided = _validate.check_bool(one_sided, "one_sided")
+    pac = _validate.check_int(pac, "pac", low=1)
+    _validate.check_generator(generator)
     b = real.shape[0]
     if b % pac:
         raise ValueError(f"pac={pac} does not divide the batch size {b}")
     groups = b // pac
+    if alpha is not None:
+        alpha = _check_alpha(alpha, b, groups, real)
     if alpha is None:
         alpha = torch.rand(groups, generator=generator, device=real.device, dtype=real.dtype)
-    if isinstance(alpha, torch.Tensor) and alpha.shape == (groups,) and pac > 1:
+    if alpha.shape == (groups,) and pac > 1:
         alpha = alpha.repeat_interleave(pac)
     a = _per_sample(alpha, b, real, "alpha")
     interp = a * real.detach() + (1 - a) * fake.detach()
-    g = _critic_grad(D, interp)
+    g = _critic_grad(D, interp, (b, groups))
     if pac > 1:
         g = g.reshape(groups, -1)
     return _penalty(g, weight, target, 2.0, one_sided, return_norms)
@@ -160,6 +201,7 @@ def lipschitz_penalty(D, real, fake, **kw):
     """
     if "one_sided" in kw:
         raise TypeError("lipschitz_penalty is one-sided by definition; do not pass one_sided")
+    _check_autograd_on("lipschitz_penalty")
     return gradient_penalty(D, real, fake, one_sided=True, **kw)
 
 
@@ -176,12 +218,16 @@ def dragan_penalty(D, real, *, weight=10.0, target=1.0, c=10.0, perturbation="ga
 
         >>> d_loss = bce(D(real), 1) + bce(D(fake), 0) + fastgan.dragan_penalty(D, real)
     """
+    return_norms = _check_critic("dragan_penalty", D, return_norms)
     _check_tensor(real, "real")
-    _check_real(weight, "weight")
-    _check_real(c, "c", positive=True)
-    if perturbation not in ("gaussian", "uniform"):
-        raise ValueError(f"perturbation must be 'gaussian' or 'uniform', got {perturbation!r}")
+    weight = _check_real(weight, "weight")
+    target = _check_real(target, "target", nonnegative=True)
+    c = _check_real(c, "c", positive=True)
+    _validate.check_choice(perturbation, "perturbation", ("gaussian", "uniform"))
+    _validate.check_generator(generator)
     real = real.detach()
+    if _is_inference(real):
+        real = real.clone()
     if noise is not None:
         _check_tensor(noise, "noise")
         if noise.shape != real.shape:
@@ -207,9 +253,10 @@ def wgan_div_penalty(D, real, fake, *, k=2.0, p=6.0, return_norms=False):
 
         >>> d_loss = D(fake).mean() - D(real).mean() + fastgan.wgan_div_penalty(D, real, fake)
     """
+    return_norms = _check_critic("wgan_div_penalty", D, return_norms)
     _check_pair(real, fake)
-    _check_real(k, "k")
-    _check_real(p, "p", positive=True)
+    k = _check_real(k, "k")
+    p = _check_real(p, "p", positive=True)
     lr = _penalty(_critic_grad(D, real), k / 2, 0.0, p, False, True)
     lf = _penalty(_critic_grad(D, fake), k / 2, 0.0, p, False, True)
     loss = lr[0] + lf[0]
@@ -223,8 +270,9 @@ def r1_penalty(D, real, *, gamma=10.0, return_norms=False):
 
         >>> d_loss = F.softplus(D(fake)).mean() + F.softplus(-D(real)).mean() + fastgan.r1_penalty(D, real)
     """
+    return_norms = _check_critic("r1_penalty", D, return_norms)
     _check_tensor(real, "real")
-    _check_real(gamma, "gamma")
+    gamma = _check_real(gamma, "gamma")
     return _penalty(_critic_grad(D, real), gamma / 2, 0.0, 2.0, False, return_norms)
 
 
@@ -235,6 +283,7 @@ def r2_penalty(D, fake, *, gamma=10.0, return_norms=False):
 
         >>> d_loss = d_loss + fastgan.r2_penalty(D, fake.detach())
     """
+    return_norms = _check_critic("r2_penalty", D, return_norms)
     _check_tensor(fake, "fake")
-    _check_real(gamma, "gamma")
+    gamma = _check_real(gamma, "gamma")
     return _penalty(_critic_grad(D, fake), gamma / 2, 0.0, 2.0, False, return_norms)

@@ -20,7 +20,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.nn.utils import parametrize
 
-from . import reference
+from . import _validate, reference
 from .backend import _check_name, _require_available
 from .ops import spectral as _ops
 
@@ -119,10 +119,7 @@ def _is_sn(p):
 
 
 def _check_int(x, name, low):
-    if isinstance(x, bool) or not isinstance(x, int):
-        raise TypeError(f"{name} must be an int, got {x!r}")
-    if x < low:
-        raise ValueError(f"{name} must be >= {low}, got {x!r}")
+    return _validate.check_int(x, name, low=low)  # the shared contract: numbers.Integral, not bool
 
 
 def _check_args(module, name, n_power_iterations, eps, dim, backend):
@@ -131,8 +128,7 @@ def _check_args(module, name, n_power_iterations, eps, dim, backend):
     if not isinstance(name, str):
         raise TypeError(f"name must be a str, got {name!r}")
     _check_int(n_power_iterations, "n_power_iterations", 1)
-    if isinstance(eps, bool) or not isinstance(eps, (int, float)) or not eps > 0:
-        raise ValueError(f"eps must be a number > 0, got {eps!r}")
+    _validate.check_real(eps, "eps", positive=True, finite=True)
     _check_name(backend)
     if backend != "auto":
         _require_available(backend)
@@ -176,9 +172,10 @@ def spectral_norm(module, name="weight", n_power_iterations=1, eps=1e-12, dim=No
         >>> D.state_dict().keys()   # '0.parametrizations.weight.original', '0.parametrizations.weight.0._u', ...
     """
     weight = _check_args(module, name, n_power_iterations, eps, dim, backend)
+    n_power_iterations, eps = int(n_power_iterations), float(eps)  # numpy scalars are accepted, not stored
     if dim is None:
         dim = 1 if isinstance(module, _TRANSPOSED) else 0
-    sn = _SpectralNorm(weight, n_power_iterations, dim, eps, backend)
+    sn = _SpectralNorm(weight, n_power_iterations, int(dim), eps, backend)
     parametrize.register_parametrization(module, name, sn)
     module.register_load_state_dict_pre_hook(_LegacyKeys(name))
     return module
@@ -283,7 +280,9 @@ def apply_spectral_norm(model, *, n_power_iterations=1, eps=1e-12, backend="auto
         raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
     if any(isinstance(h, _BatchedPowerIteration) for h in model._forward_pre_hooks.values()):
         raise ValueError(f"apply_spectral_norm was already applied to this {type(model).__name__}")
-    _check_int(n_power_iterations, "n_power_iterations", 1)
+    n_power_iterations = _check_int(n_power_iterations, "n_power_iterations", 1)
+    _validate.check_real(eps, "eps", positive=True, finite=True)
+    _check_name(backend)
     targets = [m for m in model.modules() if isinstance(m, _SN_TYPES) and not parametrize.is_parametrized(m, "weight")]
     for m in targets:  # validate all before modifying any
         _check_args(m, "weight", n_power_iterations, eps, None, backend)

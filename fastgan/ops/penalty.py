@@ -4,6 +4,8 @@ backend) and ``gnp_loss`` / ``gnp_loss_backward`` (CPU: the reduction inside the
 Fake kernels and Python autograd for ``fastgan::`` and ``fastgan_triton::``; the C++ ops' autograd
 is in csrc/grad_norm_autograd.cpp.
 """
+import warnings
+
 import torch
 
 from ._triton_ns import loader
@@ -29,6 +31,16 @@ def _gnp_loss_fake(grads, target, power, one_sided, scale):
     return grads.new_empty(()), grads.new_empty((grads.shape[0],), dtype=acc_dtype(grads.dtype))
 
 
+def differentiable_backward(gphi, grads, target, power, one_sided):
+    """dL/dgrads with a graph, for a backward recorded with ``create_graph=True`` (double backward):
+    the reference's forward recomputed from grads and differentiated by autograd, so every higher
+    derivative is the reference's own; the same as csrc/grad_norm_autograd.cpp."""
+    with torch.enable_grad():
+        phi, _ = reference.gnp_forward(grads, target, power, one_sided)
+        gp = gphi.to(phi.dtype).reshape(-1).expand(phi.shape)
+        return torch.autograd.grad(phi, grads, gp, retain_graph=True, create_graph=True)[0]
+
+
 def register(ns: str, autograd: bool = True) -> None:
     """Fake kernels and (``autograd``) the autograd of ``{ns}::gnp_forward`` / ``{ns}::gnp_backward``.
 
@@ -45,6 +57,8 @@ def register(ns: str, autograd: bool = True) -> None:
 
     def backward(ctx, grad_phi, _grad_norms):
         grads, norms = ctx.saved_tensors
+        if torch.is_grad_enabled():  # create_graph: the kernel's output would carry no graph
+            return differentiable_backward(grad_phi, grads, *ctx.args), None, None, None
         return backward_op(grad_phi, grads, norms, *ctx.args), None, None, None
 
     torch.library.register_fake(f"{ns}::gnp_forward")(_gnp_forward_fake)
@@ -71,9 +85,33 @@ def gnp(name, grads, target, power, one_sided):
     return ns.gnp_forward(grads, float(target), float(power), bool(one_sided))
 
 
+_warned_functorch = []
+
+
+def under_functorch() -> bool:
+    """True inside a torch.func transform (grad, vmap, jacrev, ...). The kernels' autograd (a C++
+    ``torch::autograd::Function`` or ``register_autograd``) cannot be transformed, so the op layer runs
+    the reference (pure torch ops, transformable) there."""
+    if torch.compiler.is_compiling():
+        return False
+    return torch._C._functorch.peek_interpreter_stack() is not None
+
+
+def functorch_fallback(name, what):
+    """``name``, or "reference" (warning once per process) inside a torch.func transform."""
+    if name == "reference" or not under_functorch():
+        return name
+    if not _warned_functorch:
+        _warned_functorch.append(True)
+        warnings.warn(f"fastgan: {what} runs the reference implementation inside torch.func transforms "
+                      f"(grad, vmap, jacrev, ...): the {name!r} kernels' autograd cannot be transformed. "
+                      f"The numbers are the same; only the speed differs.", stacklevel=3)
+    return "reference"
+
+
 def gnp_loss(grads, target, power, one_sided, reduction, weight, backend):
     """(weight * reduce_i phi_i in grads' dtype, norms in the accumulation dtype)."""
-    name = resolve(OP, backend, grads.device)
+    name = functorch_fallback(resolve(OP, backend, grads.device), OP)
     if name == "cpu" and reduction != "none":
         # one op for phi, the reduction and the weight: the eager mean and its backward node cost
         # more than the kernels at GAN sizes on CPU

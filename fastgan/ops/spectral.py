@@ -12,6 +12,7 @@ import torch._prims_common
 from ._triton_ns import loader
 from .. import _ext, reference
 from .._layout import acc_dtype
+from .penalty import functorch_fallback
 from ..backend import get_backend, resolve
 
 OP = "spectral_norm"
@@ -36,6 +37,22 @@ def _sn_normalize_backward_fake(grad, weight, u, v, sigma, dim):
     return weight.new_empty(weight.shape)
 
 
+def differentiable_backward(grad, weight, u, v, dim):
+    """``dW = grad / sigma - <grad, W> / sigma^2 * u v^T`` with differentiable torch ops and sigma
+    recomputed from W, for a backward recorded with ``create_graph=True``; the same formula as
+    csrc/spectral_norm_autograd.cpp."""
+    acc = acc_dtype(weight.dtype)
+    perm = [dim] + [d for d in range(weight.dim()) if d != dim]
+    inverse = [perm.index(d) for d in range(weight.dim())]
+    wa = weight.to(acc)
+    wp = wa.permute(perm)
+    ua, va = u.detach().to(acc), v.detach().to(acc)
+    sigma = torch.dot(ua, torch.mv(wp.reshape(wp.shape[0], -1), va))
+    uv = torch.outer(ua, va).reshape(wp.shape).permute(inverse)
+    ga = grad.to(acc)
+    return (ga / sigma - (ga * wa).sum() / (sigma * sigma) * uv).to(weight.dtype)
+
+
 def register(ns: str, autograd: bool = True) -> None:
     """Fake kernels for ``{ns}::sn_*`` and (``autograd``) the autograd of ``{ns}::sn_normalize``.
     The C++ ops register their autograd in C++ (csrc/spectral_norm_autograd.cpp): it is per layer
@@ -49,6 +66,8 @@ def register(ns: str, autograd: bool = True) -> None:
 
     def backward(ctx, grad):
         weight, u, v, sigma = ctx.saved_tensors
+        if torch.is_grad_enabled():  # create_graph: the kernel's output would carry no graph
+            return differentiable_backward(grad, weight, u, v, ctx.dim), None, None, None, None
         return backward_op(grad, weight, u, v, sigma, ctx.dim), None, None, None, None
 
     torch.library.register_fake(f"{ns}::sn_power")(_sn_power_fake)
@@ -87,12 +106,14 @@ def resolve_backend(requested: str, device_type: str) -> str:
 
 def power(name, weights, us, vs, dims, n_iter, eps):
     """(sigmas, new us, new vs) for a list of weights (detached); buffers are not touched."""
+    name = functorch_fallback(name, OP)
     if name == "reference":
         return reference.sn_power(weights, us, vs, dims, n_iter, eps)
     return ops(name).sn_power(weights, us, vs, dims, n_iter, eps)
 
 
 def normalize(name, weight, u, v, sigma, dim):
+    name = functorch_fallback(name, OP)
     if name == "reference":
         return reference.sn_normalize(weight, u, v, dim)
     return ops(name).sn_normalize(weight, u, v, sigma, dim)
@@ -101,6 +122,7 @@ def normalize(name, weight, u, v, sigma, dim):
 def normalize_all(name, weights, us, vs, sigmas, dims):
     """``normalize`` of every layer; on CPU one ``sn_normalize_list`` call (one dispatch, one autograd
     node) instead of one op call per layer, which costs more than the division for most layers."""
+    name = functorch_fallback(name, OP)
     if name == "cpu" and HAS_NORMALIZE_LIST:
         return torch.ops.fastgan.sn_normalize_list(weights, us, vs, sigmas, dims)
     return [normalize(name, *a) for a in zip(weights, us, vs, sigmas, dims)]
