@@ -10,6 +10,7 @@ import numbers
 import torch
 
 from . import distributed, reference
+from . import finite_difference as _fd
 from .ops.penalty import gnp_loss as _gnp_loss
 
 _REDUCTIONS = ("mean", "sum", "none")
@@ -96,7 +97,17 @@ def _critic_grad(D, x):
                                    allow_unused=True)
         if g is None:
             raise ValueError("the critic's output does not depend on its input: autograd found no path from x to D(x)")
+        _fd.raise_if_no_double_backward(g)   # fused attention & co: fail here, naming method="finite_difference"
         return distributed.tie_in(g, out) if ddp else g
+
+
+def _regularize(D, x, method, weight, target, power, one_sided, return_norms, pac=1):
+    """The penalty on grad_x sum D(x) by ``method`` (exact: double backward; else finite_difference.py)."""
+    def on_grad(g):
+        return _penalty(g.reshape(g.shape[0] // pac, -1) if pac > 1 else g, weight, target, power, one_sided, True)
+
+    loss, norms = _fd.penalty(D, x, on_grad) if method == "finite_difference" else on_grad(_critic_grad(D, x))
+    return (loss, norms) if return_norms else loss
 
 
 def _penalty(g, weight, target, power, one_sided, return_norms):
@@ -114,7 +125,8 @@ def _per_sample(v, b, x, name):
 
 
 def gradient_penalty(D, real, fake, *, weight=10.0, target=1.0, one_sided=False, alpha=None,
-                     generator=None, pac=1, return_norms=False):
+                     generator=None, pac=1, return_norms=False,
+                     method="double_backward"):
     r"""WGAN-GP (Gulrajani et al. 2017): ``weight * mean_i (||grad D(x̂_i)|| - target)^2``.
 
     ``x̂ = alpha*real + (1-alpha)*fake`` with one ``alpha ~ U[0,1)`` per sample (or per group of
@@ -131,6 +143,7 @@ def gradient_penalty(D, real, fake, *, weight=10.0, target=1.0, one_sided=False,
     """
     _check_pair(real, fake)
     _check_real(weight, "weight")
+    _fd.check_method(method)
     if isinstance(pac, bool) or not isinstance(pac, int) or pac < 1:
         raise ValueError(f"pac must be a positive int, got {pac!r}")
     b = real.shape[0]
@@ -143,10 +156,7 @@ def gradient_penalty(D, real, fake, *, weight=10.0, target=1.0, one_sided=False,
         alpha = alpha.repeat_interleave(pac)
     a = _per_sample(alpha, b, real, "alpha")
     interp = a * real.detach() + (1 - a) * fake.detach()
-    g = _critic_grad(D, interp)
-    if pac > 1:
-        g = g.reshape(groups, -1)
-    return _penalty(g, weight, target, 2.0, one_sided, return_norms)
+    return _regularize(D, interp, method, weight, target, 2.0, one_sided, return_norms, pac)
 
 
 def lipschitz_penalty(D, real, fake, **kw):
@@ -164,7 +174,7 @@ def lipschitz_penalty(D, real, fake, **kw):
 
 
 def dragan_penalty(D, real, *, weight=10.0, target=1.0, c=10.0, perturbation="gaussian", noise=None,
-                   generator=None, return_norms=False):
+                   generator=None, return_norms=False, method="double_backward"):
     r"""DRAGAN (Kodali et al. 2017): ``weight * mean_i (||grad D(real_i + delta_i)|| - target)^2``.
 
     ``perturbation="gaussian"``: ``delta ~ N(0, c*I)`` (std ``sqrt(c)``), as in the paper.
@@ -179,6 +189,7 @@ def dragan_penalty(D, real, *, weight=10.0, target=1.0, c=10.0, perturbation="ga
     _check_tensor(real, "real")
     _check_real(weight, "weight")
     _check_real(c, "c", positive=True)
+    _fd.check_method(method)
     if perturbation not in ("gaussian", "uniform"):
         raise ValueError(f"perturbation must be 'gaussian' or 'uniform', got {perturbation!r}")
     real = real.detach()
@@ -193,11 +204,10 @@ def dragan_penalty(D, real, *, weight=10.0, target=1.0, c=10.0, perturbation="ga
         u = torch.rand(real.shape, generator=generator, device=real.device, dtype=real.dtype)
         alpha = torch.rand(real.shape[0], generator=generator, device=real.device, dtype=real.dtype)
         delta = _per_sample(alpha, real.shape[0], real, "alpha") * (0.5 * real.std() * u)
-    g = _critic_grad(D, real + delta)
-    return _penalty(g, weight, target, 2.0, False, return_norms)
+    return _regularize(D, real + delta, method, weight, target, 2.0, False, return_norms)
 
 
-def wgan_div_penalty(D, real, fake, *, k=2.0, p=6.0, return_norms=False):
+def wgan_div_penalty(D, real, fake, *, k=2.0, p=6.0, return_norms=False, method="double_backward"):
     r"""WGAN-div (Wu et al. 2018): ``k/2 * mean_i (||grad D(real_i)||^p + ||grad D(fake_i)||^p)``.
 
     Gradients are taken at the real and the fake samples themselves. With ``return_norms`` the
@@ -210,13 +220,14 @@ def wgan_div_penalty(D, real, fake, *, k=2.0, p=6.0, return_norms=False):
     _check_pair(real, fake)
     _check_real(k, "k")
     _check_real(p, "p", positive=True)
-    lr = _penalty(_critic_grad(D, real), k / 2, 0.0, p, False, True)
-    lf = _penalty(_critic_grad(D, fake), k / 2, 0.0, p, False, True)
+    _fd.check_method(method)
+    lr = _regularize(D, real, method, k / 2, 0.0, p, False, True)
+    lf = _regularize(D, fake, method, k / 2, 0.0, p, False, True)
     loss = lr[0] + lf[0]
     return (loss, (lr[1], lf[1])) if return_norms else loss
 
 
-def r1_penalty(D, real, *, gamma=10.0, return_norms=False):
+def r1_penalty(D, real, *, gamma=10.0, return_norms=False, method="double_backward"):
     r"""R1 (Mescheder et al. 2018): ``gamma/2 * mean_i ||grad D(real_i)||^2``.
 
     Example::
@@ -225,10 +236,11 @@ def r1_penalty(D, real, *, gamma=10.0, return_norms=False):
     """
     _check_tensor(real, "real")
     _check_real(gamma, "gamma")
-    return _penalty(_critic_grad(D, real), gamma / 2, 0.0, 2.0, False, return_norms)
+    _fd.check_method(method)
+    return _regularize(D, real, method, gamma / 2, 0.0, 2.0, False, return_norms)
 
 
-def r2_penalty(D, fake, *, gamma=10.0, return_norms=False):
+def r2_penalty(D, fake, *, gamma=10.0, return_norms=False, method="double_backward"):
     r"""R2: ``gamma/2 * mean_i ||grad D(fake_i)||^2``, R1 on the generated samples.
 
     Example::
@@ -237,4 +249,5 @@ def r2_penalty(D, fake, *, gamma=10.0, return_norms=False):
     """
     _check_tensor(fake, "fake")
     _check_real(gamma, "gamma")
-    return _penalty(_critic_grad(D, fake), gamma / 2, 0.0, 2.0, False, return_norms)
+    _fd.check_method(method)
+    return _regularize(D, fake, method, gamma / 2, 0.0, 2.0, False, return_norms)
