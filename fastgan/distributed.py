@@ -53,7 +53,9 @@ def _check_wrapper(module, fsdp_ok=False):
             "FSDP reshards (frees) the gathered weights in the backward hooks of the penalty's inner "
             "autograd.grad, and the double backward then needs them. Wrap the critic in "
             "DistributedDataParallel instead (critics are small), or pass method=\"finite_difference\" (first-order "
-            "passes only, works through FSDP).")
+            "passes only, works through FSDP). FSDP's set_reshard_after_backward(False) (pytorch issue 172543) "
+            "does not fix the exact path in torch 2.13: the double backward then runs, but the sharded "
+            "parameters receive no gradient.")
     if not isinstance(module, _DDP):
         return
     if module.static_graph:

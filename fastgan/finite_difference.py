@@ -32,6 +32,7 @@ are restored likewise: every evaluation sees the value pass's state and the stat
 that of one forward.
 """
 import math
+import warnings
 
 import torch
 
@@ -48,6 +49,11 @@ try:
     from torch.nn.modules.batchnorm import _BatchNorm
 except ImportError:  # pragma: no cover
     _BatchNorm = ()
+
+
+_KINKED = (torch.nn.ReLU, torch.nn.LeakyReLU, torch.nn.ReLU6, torch.nn.PReLU, torch.nn.RReLU,
+           torch.nn.Hardtanh, torch.nn.Hardswish, torch.nn.Hardsigmoid, torch.nn.Hardshrink,
+           torch.nn.Softshrink, torch.nn.Threshold)
 
 
 def check_method(method):
@@ -76,6 +82,7 @@ class _State:
         self.cuda = device if device.type == "cuda" else None
         self.rng0 = self._rng()
         self.bufs = {}           # buffer -> (version before, clone before) for modules the critic called
+        self.changed = []
 
     def _rng(self):
         return (torch.get_rng_state(),
@@ -93,21 +100,23 @@ class _State:
 
     def after_value_pass(self):
         self.rng1 = self._rng()
-        # only buffers the forward wrote to (their version counter moved) are restored
+        # only buffers the forward wrote to are restored (batch_norm's running-stat update does not
+        # move the version counter: compare the values too)
         self.changed = [(b, before, b.detach().clone()) for b, (ver, before) in self.bufs.items()
-                        if b._version != ver]
+                        if b._version != ver or not torch.equal(b, before)]
+        self.bufs = {}
 
+    # .data: a graph may have saved the buffer (batch_norm saves running_mean/var, unused in training
+    # mode); writing through .data does not bump the version counter autograd checks
     def before_evaluation(self):
         self._set_rng(self.rng0)
-        with torch.no_grad():
-            for b, before, _ in self.changed:
-                b.copy_(before)
+        for b, before, _ in self.changed:
+            b.data.copy_(before)
 
     def done(self):
         self._set_rng(self.rng1)
-        with torch.no_grad():
-            for b, _, after in self.changed:
-                b.copy_(after)
+        for b, _, after in self.changed:
+            b.data.copy_(after)
 
 
 class _ValueWithGradOf(torch.autograd.Function):
@@ -165,6 +174,12 @@ def penalty(D, x, on_grad):
 
     if isinstance(D, torch.nn.Module):
         seen.extend(D.modules())   # also under torch.compile, where the hook is not installed
+    kinked = sorted({type(m).__name__ for m in seen if isinstance(m, _KINKED)})
+    if kinked:
+        warnings.warn(f"method='finite_difference' on a critic with {', '.join(kinked)}: the central difference "
+                      "crosses the activation's kinks and measures a smoothed derivative, so the parameter "
+                      "gradient is biased (O(1) in float32; see the README). Use a smooth activation (GELU, "
+                      "SiLU, softplus) or method='double_backward'.", UserWarning, stacklevel=4)
     # not batch-first scores (a critic returning one scalar): only the whole-batch form applies
     coupled = not batch_first or any(_batch_coupled(m) for m in seen)
     eps = torch.finfo(x.dtype).eps
