@@ -292,3 +292,33 @@ def test_approx_bad_input(kw, exc, words):
 def test_step_constant_is_what_the_tests_measured():
     """Guard: the accuracy bounds above were established with this step rule."""
     assert fd_mod.STEP == 4.0
+
+
+def test_compiled_critic_step_fullgraph():
+    """A whole critic step (losses, finite-difference WGAN-GP, backward) compiles with fullgraph=True
+    once dynamo may trace torch.autograd.grad (torch 2.13: trace_autograd_ops), and matches eager."""
+    import torch._dynamo
+
+    torch.manual_seed(0)
+    D = nn.Sequential(nn.Linear(8, 32), nn.GELU(), nn.Linear(32, 1))
+    g = torch.Generator().manual_seed(0)
+    real, fake, alpha = torch.randn(16, 8, generator=g), torch.randn(16, 8, generator=g), torch.rand(16, generator=g)
+
+    def step(real, fake, alpha):
+        loss = D(fake).mean() - D(real).mean() + fg.gradient_penalty(D, real, fake, alpha=alpha, method=FD)
+        loss.backward()
+        return loss.detach()
+
+    def grads():
+        out = torch.cat([p.grad.flatten() for p in D.parameters()])
+        D.zero_grad(set_to_none=True)
+        return out
+
+    l_eager, g_eager = step(real, fake, alpha), grads()
+    torch._dynamo.reset()
+    with torch._dynamo.config.patch(trace_autograd_ops=True):
+        compiled = torch.compile(step, fullgraph=True)
+        l_comp, g_comp = compiled(real, fake, alpha), grads()
+    torch._dynamo.reset()
+    assert torch.allclose(l_comp, l_eager, rtol=1e-5)
+    assert rel(g_comp, g_eager) < 1e-3
