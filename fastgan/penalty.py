@@ -136,10 +136,17 @@ def gradient_penalty(D, real, fake, *, weight=10.0, target=1.0, one_sided=False,
     weighted loss, differentiable w.r.t. D's parameters; with ``return_norms`` also the per-sample
     (per-pack) gradient norms.
 
+    ``method="double_backward"`` (default): exact, through ``create_graph``. ``"finite_difference"``:
+    same value; the parameter gradient is ``grad_theta <grad_x sum D(x), v>``, ``v = stopgrad(dP/dg)``,
+    by central differences of two first-order critic evaluations at ``x_i +- h_i v_i/||v_i||``
+    (fastgan/finite_difference.py): for smooth critics, and where double backward does not exist
+    (fused attention, FSDP2, compiled steps). The other regularizers take the same ``method``.
+
     Example::
 
         >>> d_loss = D(fake).mean() - D(real).mean() + fastgan.gradient_penalty(D, real, fake)
         >>> d_loss.backward()
+        >>> gp = fastgan.gradient_penalty(vit_D, real, fake, method="finite_difference")  # fused SDPA
     """
     _check_pair(real, fake)
     _check_real(weight, "weight")
