@@ -240,6 +240,8 @@ def no_double_backward_hint(g):
 
 
 def raise_if_no_double_backward(g):
+    if _compiling():   # dynamo cannot read grad_fn; the step then fails in its own words
+        return
     names = no_double_backward_hint(g)
     if names is not None:
         raise NotImplementedError(
