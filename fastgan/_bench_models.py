@@ -1,4 +1,5 @@
 """Critics used by the benchmark command and the benchmark suite (DCGAN, SNGAN-ResNet, MLP)."""
+import torch
 import torch.nn.functional as F
 from torch import nn
 
@@ -56,3 +57,45 @@ class SNGANResNetCritic(nn.Module):
 
     def forward(self, x):
         return self.fc(F.relu(self.blocks(x)).sum(dim=(2, 3)))
+
+
+def gelu_mlp_critic(d_in, width=512, depth=3):
+    """Smooth MLP critic (GELU): where finite-difference penalties are accurate."""
+    layers, d = [], d_in
+    for _ in range(depth):
+        layers += [nn.Linear(d, width), nn.GELU()]
+        d = width
+    return nn.Sequential(*layers, nn.Linear(d, 1))
+
+
+class ViTBlock(nn.Module):
+    def __init__(self, width, heads, dropout=0.0):
+        super().__init__()
+        self.heads, self.dropout = heads, dropout
+        self.ln1, self.ln2 = nn.LayerNorm(width), nn.LayerNorm(width)
+        self.qkv, self.proj = nn.Linear(width, 3 * width), nn.Linear(width, width)
+        self.mlp = nn.Sequential(nn.Linear(width, 4 * width), nn.GELU(), nn.Linear(4 * width, width))
+
+    def forward(self, x):
+        b, n, c = x.shape
+        q, k, v = self.qkv(self.ln1(x)).view(b, n, 3, self.heads, c // self.heads).permute(2, 0, 3, 1, 4)
+        # the fused kernel (flash on CPU) has no double backward: exact penalties need the math kernel
+        a = F.scaled_dot_product_attention(q, k, v, dropout_p=self.dropout if self.training else 0.0)
+        x = x + self.proj(a.transpose(1, 2).reshape(b, n, c))
+        return x + self.mlp(self.ln2(x))
+
+
+class ViTCritic(nn.Module):
+    """Small ViT critic on 3 x img x img: patch embedding, ``depth`` pre-LN blocks with
+    F.scaled_dot_product_attention, mean pooling, linear head. img=64, patch=4: 256 tokens."""
+
+    def __init__(self, img=64, patch=4, width=128, depth=2, heads=4, dropout=0.0):
+        super().__init__()
+        self.embed = nn.Conv2d(3, width, patch, patch)
+        self.pos = nn.Parameter(0.02 * torch.randn(1, (img // patch) ** 2, width))
+        self.blocks = nn.Sequential(*[ViTBlock(width, heads, dropout) for _ in range(depth)])
+        self.ln, self.head = nn.LayerNorm(width), nn.Linear(width, 1)
+
+    def forward(self, x):
+        h = self.embed(x).flatten(2).transpose(1, 2) + self.pos
+        return self.head(self.ln(self.blocks(h)).mean(dim=1))

@@ -453,6 +453,34 @@ def sn_cases(device, quick):
 CASE_FAMILIES = {"grad_norm_penalty": primitive_cases, "clip_weights": clip_cases, "spectral_norm": sn_cases,
                  "critic_steps": step_cases, "wgan_clip_step": wgan_clip_step_cases}
 
+
+# --- penalty methods (issue 15): exact double backward vs finite differences vs approximated R1 ---
+def penalty_method_cases(device, quick):
+    """Critic-loss parameter gradients with each penalty method; "eager" is the exact path (the ViT
+    critic under the math attention kernel). Peak memory: ``python -m fastgan.bench_fd``."""
+    from . import bench_fd
+
+    for critic, penalty in bench_fd.ROWS:
+        D, real, fake, alpha, label = bench_fd.make(critic, quick)
+        D, real, fake, alpha = D.to(device), real.to(device), fake.to(device), alpha.to(device)
+        params = list(D.parameters())
+
+        def grads(method, D=D, real=real, fake=fake, alpha=alpha, critic=critic, penalty=penalty, params=params):
+            with bench_fd._context(critic, method):
+                loss = bench_fd.loss_fn(D, real, fake, alpha, penalty, method)
+            return torch.autograd.grad(loss, params, allow_unused=True)
+
+        impls = {"eager": lambda g=grads: g("exact"), "fastgan:finite_difference": lambda g=grads: g("fd")}
+        unchecked = ("fastgan:finite_difference",) if critic == "dcgan" else ()   # kinks: biased by design
+        if penalty == "r1":
+            impls["fastgan:approx_r1"] = lambda g=grads: g("approx")
+            unchecked += ("fastgan:approx_r1",)                                    # another penalty
+        name = {"gp": "WGAN-GP critic step", "r1": "R1 critic step"}[penalty]
+        yield Case(f"{name} (exact vs finite difference)", label, impls, 0, {}, _close(2e-3), unchecked=unchecked)
+
+
+CASE_FAMILIES["penalty_methods"] = penalty_method_cases
+
 # -------------------------------------------------------------------------------------------------
 # running and reporting
 

@@ -46,13 +46,16 @@ def _distributed():
     return _DDP is not None and torch.distributed.is_available() and torch.distributed.is_initialized()
 
 
-def _check_wrapper(module):
-    if isinstance(module, _FSDP):
+def _check_wrapper(module, fsdp_ok=False):
+    if isinstance(module, _FSDP) and not fsdp_ok:
         raise ValueError(
             "D is (or calls) an FSDP (fully_shard) module: gradient penalties cannot run through it, because "
             "FSDP reshards (frees) the gathered weights in the backward hooks of the penalty's inner "
             "autograd.grad, and the double backward then needs them. Wrap the critic in "
-            "DistributedDataParallel instead (critics are small), or use spectral norm without a penalty.")
+            "DistributedDataParallel instead (critics are small), or pass method=\"finite_difference\" (first-order "
+            "passes only, works through FSDP). FSDP's set_reshard_after_backward(False) (pytorch issue 172543) "
+            "does not fix the exact path in torch 2.13: the double backward then runs, but the sharded "
+            "parameters receive no gradient.")
     if not isinstance(module, _DDP):
         return
     if module.static_graph:
@@ -65,14 +68,15 @@ def _check_wrapper(module):
 
 
 @contextlib.contextmanager
-def _watch_ddp(D):
-    """Yields a list that collects the DDP modules whose forward runs inside the block (FSDP raises)."""
+def _watch_ddp(D, fsdp_ok=False):
+    """Yields a list that collects the DDP modules whose forward runs inside the block (FSDP raises
+    unless ``fsdp_ok``: first-order passes through FSDP are fine)."""
     seen = []
     if not _distributed():
         yield seen
         return
     if isinstance(D, (_DDP, _FSDP)):
-        _check_wrapper(D)
+        _check_wrapper(D, fsdp_ok)
         seen.append(D)
         yield seen
         return
@@ -81,7 +85,7 @@ def _watch_ddp(D):
     # module call for the duration of D(x); the check runs before DDP's forward changes anything.
     def pre_hook(module, args):
         if isinstance(module, (_DDP, _FSDP)):
-            _check_wrapper(module)
+            _check_wrapper(module, fsdp_ok)
             seen.append(module)
 
     handle = torch.nn.modules.module.register_module_forward_pre_hook(pre_hook)

@@ -8,7 +8,8 @@ import math
 
 import torch
 
-from . import _validate, distributed, reference
+from . import _input_grad, _validate, distributed, reference
+from . import finite_difference as _fd
 from .ops.penalty import gnp_loss as _gnp_loss
 
 _REDUCTIONS = ("mean", "sum", "none")
@@ -55,9 +56,10 @@ def _check_autograd_on(fn):
                            f"G(z)`, then the penalty after the block).")
 
 
-def _check_critic(fn, D, return_norms):
+def _check_critic(fn, D, return_norms, scores=None):
     _check_autograd_on(fn)
-    _validate.check_callable(D, "D")
+    if scores is None or D is not None:   # with scores= alone there is no critic to call
+        _validate.check_callable(D, "D")
     return _validate.check_bool(return_norms, "return_norms")
 
 
@@ -89,7 +91,7 @@ def grad_norm_penalty(grads, *, target=1.0, power=2.0, one_sided=False, reductio
 
 # --------------------------------------------------------------------------------------------
 # regularizers on a critic
-def _critic_grad(D, x, batch=None):
+def _critic_grad(D, x, batch=None, scaler=None):
     """g = d(sum D(x))/dx at x, with create_graph so the penalty reaches D's parameters.
 
     D's output must have one score (row) per sample: its first dimension is ``batch`` (x's batch by
@@ -115,11 +117,34 @@ def _critic_grad(D, x, batch=None):
                              f"reduces over the batch (e.g. D(x).mean()) would scale the gradient by 1/B")
         if not out.requires_grad:
             raise ValueError("the critic's output does not depend on its input (D(x) does not require grad)")
-        (g,) = torch.autograd.grad(out, x, grad_outputs=torch.ones_like(out), create_graph=True,
-                                   allow_unused=True)
+        (g,) = _input_grad.scaled_grad([out], [x], scaler)   # ``scaler``: fastgan/_input_grad.py
         if g is None:
             raise ValueError("the critic's output does not depend on its input: autograd found no path from x to D(x)")
+        _fd.raise_if_no_double_backward(g, D)   # fused attention & co: fail here, naming method="finite_difference"
         return distributed.tie_in(g, out) if ddp else g
+
+
+def _check_method(method, scores, scaler):
+    _fd.check_method(method)
+    if method == "finite_difference" and scores is not None:
+        raise ValueError("scores= cannot be used with method='finite_difference' (the finite difference calls D "
+                         "at shifted inputs): pass D instead")
+    if method == "finite_difference" and scaler is not None:
+        raise ValueError("scaler= is not supported with method='finite_difference' (its gradient is first-order "
+                         "only); use method='double_backward' with a GradScaler, or no scaler")
+    return _input_grad.check_scaler(scaler)
+
+
+def _regularize(D, x, method, weight, target, power, one_sided, return_norms, pac=1, batch=None, scaler=None):
+    """The penalty on grad_x sum D(x) by ``method`` (exact: double backward; else finite_difference.py)."""
+    def on_grad(g):
+        return _penalty(g.reshape(g.shape[0] // pac, -1) if pac > 1 else g, weight, target, power, one_sided, True)
+
+    if method == "finite_difference":
+        loss, norms = _fd.penalty(D, x, on_grad)
+    else:
+        loss, norms = on_grad(_critic_grad(D, x, batch, scaler))
+    return (loss, norms) if return_norms else loss
 
 
 def _penalty(g, weight, target, power, one_sided, return_norms):
@@ -147,7 +172,7 @@ def _check_alpha(alpha, b, groups, x):
 
 
 def gradient_penalty(D, real, fake, *, weight=10.0, target=1.0, one_sided=False, alpha=None,
-                     generator=None, pac=1, return_norms=False):
+                     generator=None, pac=1, scaler=None, return_norms=False, method="double_backward"):
     r"""WGAN-GP (Gulrajani et al. 2017): ``weight * mean_i (||grad D(x̂_i)|| - target)^2``.
 
     ``x̂ = alpha*real + (1-alpha)*fake`` with one ``alpha ~ U[0,1)`` per sample (or per group of
@@ -155,15 +180,23 @@ def gradient_penalty(D, real, fake, *, weight=10.0, target=1.0, one_sided=False,
     before the norm). ``one_sided=True`` gives ``max(0, n - target)^2`` (see lipschitz_penalty).
     ``alpha`` (shape (B,), (B, 1, ..., 1) or (B//pac,)) and ``generator`` make it reproducible;
     alpha, real and fake are constants (an alpha that requires grad is detached, as real and fake
-    are). Returns the weighted loss, differentiable w.r.t. D's parameters; with ``return_norms``
+    are). ``scaler``: a ``torch.amp.GradScaler`` for float16 critics (see :func:`r1_penalty`).
+    Returns the weighted loss, differentiable w.r.t. D's parameters; with ``return_norms``
     also the per-sample (per-pack) gradient norms. D's output must keep the batch as its first
     dimension (one score per sample, or per pack with ``pac``). Raises RuntimeError under
     ``torch.no_grad()`` / ``inference_mode()`` (the penalty would carry no gradient).
+
+    ``method="double_backward"`` (default): exact, through ``create_graph``. ``"finite_difference"``:
+    same value; the parameter gradient is ``grad_theta <grad_x sum D(x), v>``, ``v = stopgrad(dP/dg)``,
+    by central differences of two first-order critic evaluations at ``x_i +- h_i v_i/||v_i||``
+    (fastgan/finite_difference.py): for smooth critics, and where double backward does not exist
+    (fused attention, FSDP2, compiled steps). The other regularizers take the same ``method``.
 
     Example::
 
         >>> d_loss = D(fake).mean() - D(real).mean() + fastgan.gradient_penalty(D, real, fake)
         >>> d_loss.backward()
+        >>> gp = fastgan.gradient_penalty(vit_D, real, fake, method="finite_difference")  # fused SDPA
     """
     return_norms = _check_critic("gradient_penalty", D, return_norms)
     _check_pair(real, fake)
@@ -172,6 +205,7 @@ def gradient_penalty(D, real, fake, *, weight=10.0, target=1.0, one_sided=False,
     one_sided = _validate.check_bool(one_sided, "one_sided")
     pac = _validate.check_int(pac, "pac", low=1)
     _validate.check_generator(generator)
+    scaler = _check_method(method, None, scaler)
     b = real.shape[0]
     if b % pac:
         raise ValueError(f"pac={pac} does not divide the batch size {b}")
@@ -184,10 +218,7 @@ def gradient_penalty(D, real, fake, *, weight=10.0, target=1.0, one_sided=False,
         alpha = alpha.repeat_interleave(pac)
     a = _per_sample(alpha, b, real, "alpha")
     interp = a * real.detach() + (1 - a) * fake.detach()
-    g = _critic_grad(D, interp, (b, groups))
-    if pac > 1:
-        g = g.reshape(groups, -1)
-    return _penalty(g, weight, target, 2.0, one_sided, return_norms)
+    return _regularize(D, interp, method, weight, target, 2.0, one_sided, return_norms, pac, (b, groups), scaler)
 
 
 def lipschitz_penalty(D, real, fake, **kw):
@@ -206,13 +237,14 @@ def lipschitz_penalty(D, real, fake, **kw):
 
 
 def dragan_penalty(D, real, *, weight=10.0, target=1.0, c=10.0, perturbation="gaussian", noise=None,
-                   generator=None, return_norms=False):
+                   generator=None, scaler=None, return_norms=False, method="double_backward"):
     r"""DRAGAN (Kodali et al. 2017): ``weight * mean_i (||grad D(real_i + delta_i)|| - target)^2``.
 
     ``perturbation="gaussian"``: ``delta ~ N(0, c*I)`` (std ``sqrt(c)``), as in the paper.
     ``perturbation="uniform"``: the authors' reference code, ``x_p = real + 0.5*std(real)*U[0,1)``
     and ``x̂ = real + alpha*(x_p - real)`` with one ``alpha ~ U[0,1)`` per sample.
-    ``noise`` gives delta explicitly (``x̂ = real + noise``), for reproducibility.
+    ``noise`` gives delta explicitly (``x̂ = real + noise``), for reproducibility. ``scaler``: see
+    :func:`r1_penalty`; ``method``: see :func:`gradient_penalty`.
 
     Example::
 
@@ -225,6 +257,7 @@ def dragan_penalty(D, real, *, weight=10.0, target=1.0, c=10.0, perturbation="ga
     c = _check_real(c, "c", positive=True)
     _validate.check_choice(perturbation, "perturbation", ("gaussian", "uniform"))
     _validate.check_generator(generator)
+    scaler = _check_method(method, None, scaler)
     real = real.detach()
     if _is_inference(real):
         real = real.clone()
@@ -239,51 +272,93 @@ def dragan_penalty(D, real, *, weight=10.0, target=1.0, c=10.0, perturbation="ga
         u = torch.rand(real.shape, generator=generator, device=real.device, dtype=real.dtype)
         alpha = torch.rand(real.shape[0], generator=generator, device=real.device, dtype=real.dtype)
         delta = _per_sample(alpha, real.shape[0], real, "alpha") * (0.5 * real.std() * u)
-    g = _critic_grad(D, real + delta)
-    return _penalty(g, weight, target, 2.0, False, return_norms)
+    return _regularize(D, real + delta, method, weight, target, 2.0, False, return_norms, scaler=scaler)
 
 
-def wgan_div_penalty(D, real, fake, *, k=2.0, p=6.0, return_norms=False):
+def _at_samples(D, inputs, scores, scaler, method, weight, power, return_norms):
+    """R1/R2/WGAN-div: the penalty at each of ``inputs`` themselves, by calling D (either method) or from
+    the loss's own outputs (``scores=``, no critic call); a list of (loss, norms)."""
+    if scores is None:
+        if D is None:
+            raise TypeError(f"D (the critic) is required, or scores= (its outputs on {' and '.join(inputs)})")
+        return [_regularize(D, x, method, weight, 0.0, power, False, True, scaler=scaler) for x in inputs.values()]
+    return [_penalty(g, weight, 0.0, power, False, True) for g in _input_grad.input_grads(D, scores, inputs, scaler)]
+
+
+def wgan_div_penalty(D=None, real=None, fake=None, *, k=2.0, p=6.0, scores=None, scaler=None,
+                     return_norms=False, method="double_backward"):
     r"""WGAN-div (Wu et al. 2018): ``k/2 * mean_i (||grad D(real_i)||^p + ||grad D(fake_i)||^p)``.
 
-    Gradients are taken at the real and the fake samples themselves. With ``return_norms`` the
-    second result is ``(real_norms, fake_norms)``.
+    Gradients are taken at the real and the fake samples themselves, so they can come from the
+    loss's own forward: ``scores=(d_real, d_fake)`` instead of ``D`` (see :func:`r1_penalty`; both
+    ``real`` and ``fake`` must require grad). ``scaler``: see :func:`r1_penalty`; ``method``: see
+    :func:`gradient_penalty`. With ``return_norms`` the second result is ``(real_norms, fake_norms)``.
 
     Example::
 
         >>> d_loss = D(fake).mean() - D(real).mean() + fastgan.wgan_div_penalty(D, real, fake)
+        >>> real, fake = real.detach().requires_grad_(), fake.detach().requires_grad_()
+        >>> d_real, d_fake = D(real), D(fake)                 # one forward each, no extra critic call
+        >>> d_loss = d_fake.mean() - d_real.mean() + fastgan.wgan_div_penalty(
+        ...     real=real, fake=fake, scores=(d_real, d_fake))
     """
-    return_norms = _check_critic("wgan_div_penalty", D, return_norms)
+    return_norms = _check_critic("wgan_div_penalty", D, return_norms, scores)
     _check_pair(real, fake)
     k = _check_real(k, "k")
     p = _check_real(p, "p", positive=True)
-    lr = _penalty(_critic_grad(D, real), k / 2, 0.0, p, False, True)
-    lf = _penalty(_critic_grad(D, fake), k / 2, 0.0, p, False, True)
+    scaler = _check_method(method, scores, scaler)
+    lr, lf = _at_samples(D, {"real": real, "fake": fake}, scores, scaler, method, k / 2, p, True)
     loss = lr[0] + lf[0]
     return (loss, (lr[1], lf[1])) if return_norms else loss
 
 
-def r1_penalty(D, real, *, gamma=10.0, return_norms=False):
+def r1_penalty(D=None, real=None, *, gamma=10.0, scores=None, scaler=None, return_norms=False,
+               method="double_backward"):
     r"""R1 (Mescheder et al. 2018): ``gamma/2 * mean_i ||grad D(real_i)||^2``.
+
+    ``scores=``: the critic's outputs on ``real`` from the loss's own forward, instead of ``D``
+    (``real`` must require grad before that forward). Same value and parameter gradients, one
+    critic forward and one first-order backward fewer; ``real.grad`` gets filled by the loss's
+    backward (ignore it). A keyword on the same function rather than a second function: the
+    formula, defaults and options stay in one place and switching forms is one edit.
+    ``scaler``: a ``torch.amp.GradScaler`` (float16): the inner gradient is taken of the scaled
+    scores and unscaled in float32, as PyTorch's AMP recipe for gradient penalties does; backward
+    the total loss with ``scaler.scale(loss).backward()`` as usual. ``method``: see
+    :func:`gradient_penalty`.
 
     Example::
 
         >>> d_loss = F.softplus(D(fake)).mean() + F.softplus(-D(real)).mean() + fastgan.r1_penalty(D, real)
+        >>> real = real.detach().requires_grad_()
+        >>> d_real = D(real)                                  # the loss's forward, used twice
+        >>> d_loss = F.softplus(D(fake)).mean() + F.softplus(-d_real).mean() + fastgan.r1_penalty(
+        ...     real=real, scores=d_real)
     """
-    return_norms = _check_critic("r1_penalty", D, return_norms)
+    return_norms = _check_critic("r1_penalty", D, return_norms, scores)
     _check_tensor(real, "real")
     gamma = _check_real(gamma, "gamma")
-    return _penalty(_critic_grad(D, real), gamma / 2, 0.0, 2.0, False, return_norms)
+    scaler = _check_method(method, scores, scaler)
+    (res,) = _at_samples(D, {"real": real}, scores, scaler, method, gamma / 2, 2.0, True)
+    return res if return_norms else res[0]
 
 
-def r2_penalty(D, fake, *, gamma=10.0, return_norms=False):
+def r2_penalty(D=None, fake=None, *, gamma=10.0, scores=None, scaler=None, return_norms=False,
+               method="double_backward"):
     r"""R2: ``gamma/2 * mean_i ||grad D(fake_i)||^2``, R1 on the generated samples.
+
+    ``scores=`` (the critic's outputs on ``fake``, which requires grad), ``scaler`` and ``method``:
+    see :func:`r1_penalty`.
 
     Example::
 
         >>> d_loss = d_loss + fastgan.r2_penalty(D, fake.detach())
+        >>> fake = G(z).detach().requires_grad_()
+        >>> d_fake = D(fake)
+        >>> d_loss = F.softplus(d_fake).mean() + ... + fastgan.r2_penalty(fake=fake, scores=d_fake)
     """
-    return_norms = _check_critic("r2_penalty", D, return_norms)
+    return_norms = _check_critic("r2_penalty", D, return_norms, scores)
     _check_tensor(fake, "fake")
     gamma = _check_real(gamma, "gamma")
-    return _penalty(_critic_grad(D, fake), gamma / 2, 0.0, 2.0, False, return_norms)
+    scaler = _check_method(method, scores, scaler)
+    (res,) = _at_samples(D, {"fake": fake}, scores, scaler, method, gamma / 2, 2.0, True)
+    return res if return_norms else res[0]
