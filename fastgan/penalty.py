@@ -9,7 +9,7 @@ import numbers
 
 import torch
 
-from . import distributed, reference
+from . import _input_grad, distributed, reference
 from .ops.penalty import gnp_loss as _gnp_loss
 
 _REDUCTIONS = ("mean", "sum", "none")
@@ -78,12 +78,14 @@ def grad_norm_penalty(grads, *, target=1.0, power=2.0, one_sided=False, reductio
 
 # --------------------------------------------------------------------------------------------
 # regularizers on a critic
-def _critic_grad(D, x):
-    """g = d(sum D(x))/dx at x, with create_graph so the penalty reaches D's parameters.
+def _critic_grad(D, x, scaler=None):
+    """g = d(sum D(x))/dx at x, with create_graph so the penalty reaches D's parameters
+    (``scaler``: a torch.amp.GradScaler, see fastgan/_input_grad.py).
 
     Under DDP, D(x) is also tied into g (zero gradient) so DDP all-reduces the penalty's gradients:
     see fastgan/distributed.py.
     """
+    scaler = _input_grad.check_scaler(scaler)  # before D runs: a bad scaler changes nothing
     x = x.detach().requires_grad_(True)
     with torch.enable_grad():
         with distributed._watch_ddp(D) as ddp:
@@ -92,11 +94,20 @@ def _critic_grad(D, x):
             raise TypeError(f"D must return a tensor of scores, got {type(out).__name__}")
         if not out.requires_grad:
             raise ValueError("the critic's output does not depend on its input (D(x) does not require grad)")
-        (g,) = torch.autograd.grad(out, x, grad_outputs=torch.ones_like(out), create_graph=True,
-                                   allow_unused=True)
+        (g,) = _input_grad.scaled_grad([out], [x], scaler)
         if g is None:
             raise ValueError("the critic's output does not depend on its input: autograd found no path from x to D(x)")
         return distributed.tie_in(g, out) if ddp else g
+
+
+def _grads(D, inputs, scores, scaler):
+    """Input gradients at each of ``inputs`` ({argument name: x}): from a call of the critic D, or
+    (``scores=``) from the critic's outputs that the loss already computed (fastgan/_input_grad.py)."""
+    if scores is None:
+        if D is None:
+            raise TypeError(f"D (the critic) is required, or scores= (its outputs on {' and '.join(inputs)})")
+        return [_critic_grad(D, x, scaler) for x in inputs.values()]
+    return _input_grad.input_grads(D, scores, inputs, _input_grad.check_scaler(scaler))
 
 
 def _penalty(g, weight, target, power, one_sided, return_norms):
@@ -114,15 +125,16 @@ def _per_sample(v, b, x, name):
 
 
 def gradient_penalty(D, real, fake, *, weight=10.0, target=1.0, one_sided=False, alpha=None,
-                     generator=None, pac=1, return_norms=False):
+                     generator=None, pac=1, scaler=None, return_norms=False):
     r"""WGAN-GP (Gulrajani et al. 2017): ``weight * mean_i (||grad D(x̂_i)|| - target)^2``.
 
     ``x̂ = alpha*real + (1-alpha)*fake`` with one ``alpha ~ U[0,1)`` per sample (or per group of
     ``pac`` samples, CTGAN-style packing: the gradient is viewed as ``(B/pac, pac*features)``
     before the norm). ``one_sided=True`` gives ``max(0, n - target)^2`` (see lipschitz_penalty).
-    ``alpha`` (shape (B,) or (B//pac,)) and ``generator`` make it reproducible. Returns the
-    weighted loss, differentiable w.r.t. D's parameters; with ``return_norms`` also the per-sample
-    (per-pack) gradient norms.
+    ``alpha`` (shape (B,) or (B//pac,)) and ``generator`` make it reproducible. ``scaler``: a
+    ``torch.amp.GradScaler`` for float16 critics (see :func:`r1_penalty`). Returns the weighted
+    loss, differentiable w.r.t. D's parameters; with ``return_norms`` also the per-sample (per-pack)
+    gradient norms.
 
     Example::
 
@@ -131,6 +143,7 @@ def gradient_penalty(D, real, fake, *, weight=10.0, target=1.0, one_sided=False,
     """
     _check_pair(real, fake)
     _check_real(weight, "weight")
+    _input_grad.check_scaler(scaler)
     if isinstance(pac, bool) or not isinstance(pac, int) or pac < 1:
         raise ValueError(f"pac must be a positive int, got {pac!r}")
     b = real.shape[0]
@@ -143,7 +156,7 @@ def gradient_penalty(D, real, fake, *, weight=10.0, target=1.0, one_sided=False,
         alpha = alpha.repeat_interleave(pac)
     a = _per_sample(alpha, b, real, "alpha")
     interp = a * real.detach() + (1 - a) * fake.detach()
-    g = _critic_grad(D, interp)
+    g = _critic_grad(D, interp, scaler)
     if pac > 1:
         g = g.reshape(groups, -1)
     return _penalty(g, weight, target, 2.0, one_sided, return_norms)
@@ -164,13 +177,14 @@ def lipschitz_penalty(D, real, fake, **kw):
 
 
 def dragan_penalty(D, real, *, weight=10.0, target=1.0, c=10.0, perturbation="gaussian", noise=None,
-                   generator=None, return_norms=False):
+                   generator=None, scaler=None, return_norms=False):
     r"""DRAGAN (Kodali et al. 2017): ``weight * mean_i (||grad D(real_i + delta_i)|| - target)^2``.
 
     ``perturbation="gaussian"``: ``delta ~ N(0, c*I)`` (std ``sqrt(c)``), as in the paper.
     ``perturbation="uniform"``: the authors' reference code, ``x_p = real + 0.5*std(real)*U[0,1)``
     and ``x̂ = real + alpha*(x_p - real)`` with one ``alpha ~ U[0,1)`` per sample.
-    ``noise`` gives delta explicitly (``x̂ = real + noise``), for reproducibility.
+    ``noise`` gives delta explicitly (``x̂ = real + noise``), for reproducibility. ``scaler``: see
+    :func:`r1_penalty`.
 
     Example::
 
@@ -179,6 +193,7 @@ def dragan_penalty(D, real, *, weight=10.0, target=1.0, c=10.0, perturbation="ga
     _check_tensor(real, "real")
     _check_real(weight, "weight")
     _check_real(c, "c", positive=True)
+    _input_grad.check_scaler(scaler)
     if perturbation not in ("gaussian", "uniform"):
         raise ValueError(f"perturbation must be 'gaussian' or 'uniform', got {perturbation!r}")
     real = real.detach()
@@ -193,48 +208,80 @@ def dragan_penalty(D, real, *, weight=10.0, target=1.0, c=10.0, perturbation="ga
         u = torch.rand(real.shape, generator=generator, device=real.device, dtype=real.dtype)
         alpha = torch.rand(real.shape[0], generator=generator, device=real.device, dtype=real.dtype)
         delta = _per_sample(alpha, real.shape[0], real, "alpha") * (0.5 * real.std() * u)
-    g = _critic_grad(D, real + delta)
+    g = _critic_grad(D, real + delta, scaler)
     return _penalty(g, weight, target, 2.0, False, return_norms)
 
 
-def wgan_div_penalty(D, real, fake, *, k=2.0, p=6.0, return_norms=False):
+def wgan_div_penalty(D=None, real=None, fake=None, *, k=2.0, p=6.0, scores=None, scaler=None,
+                     return_norms=False):
     r"""WGAN-div (Wu et al. 2018): ``k/2 * mean_i (||grad D(real_i)||^p + ||grad D(fake_i)||^p)``.
 
-    Gradients are taken at the real and the fake samples themselves. With ``return_norms`` the
-    second result is ``(real_norms, fake_norms)``.
+    Gradients are taken at the real and the fake samples themselves, so they can come from the
+    loss's own forward: ``scores=(d_real, d_fake)`` instead of ``D`` (see :func:`r1_penalty`; both
+    ``real`` and ``fake`` must require grad). ``scaler``: see :func:`r1_penalty`. With
+    ``return_norms`` the second result is ``(real_norms, fake_norms)``.
 
     Example::
 
         >>> d_loss = D(fake).mean() - D(real).mean() + fastgan.wgan_div_penalty(D, real, fake)
+        >>> real, fake = real.detach().requires_grad_(), fake.detach().requires_grad_()
+        >>> d_real, d_fake = D(real), D(fake)                 # one forward each, no extra critic call
+        >>> d_loss = d_fake.mean() - d_real.mean() + fastgan.wgan_div_penalty(
+        ...     real=real, fake=fake, scores=(d_real, d_fake))
     """
     _check_pair(real, fake)
     _check_real(k, "k")
     _check_real(p, "p", positive=True)
-    lr = _penalty(_critic_grad(D, real), k / 2, 0.0, p, False, True)
-    lf = _penalty(_critic_grad(D, fake), k / 2, 0.0, p, False, True)
+    _input_grad.check_scaler(scaler)
+    g_real, g_fake = _grads(D, {"real": real, "fake": fake}, scores, scaler)
+    lr = _penalty(g_real, k / 2, 0.0, p, False, True)
+    lf = _penalty(g_fake, k / 2, 0.0, p, False, True)
     loss = lr[0] + lf[0]
     return (loss, (lr[1], lf[1])) if return_norms else loss
 
 
-def r1_penalty(D, real, *, gamma=10.0, return_norms=False):
+def r1_penalty(D=None, real=None, *, gamma=10.0, scores=None, scaler=None, return_norms=False):
     r"""R1 (Mescheder et al. 2018): ``gamma/2 * mean_i ||grad D(real_i)||^2``.
+
+    ``scores=``: the critic's outputs on ``real`` from the loss's own forward, instead of ``D``
+    (``real`` must require grad before that forward). Same value and parameter gradients, one
+    critic forward and one first-order backward fewer; ``real.grad`` gets filled by the loss's
+    backward (ignore it). A keyword on the same function rather than a second function: the
+    formula, defaults and options stay in one place and switching forms is one edit.
+    ``scaler``: a ``torch.amp.GradScaler`` (float16): the inner gradient is taken of the scaled
+    scores and unscaled in float32, as PyTorch's AMP recipe for gradient penalties does; backward
+    the total loss with ``scaler.scale(loss).backward()`` as usual.
 
     Example::
 
         >>> d_loss = F.softplus(D(fake)).mean() + F.softplus(-D(real)).mean() + fastgan.r1_penalty(D, real)
+        >>> real = real.detach().requires_grad_()
+        >>> d_real = D(real)                                  # the loss's forward, used twice
+        >>> d_loss = F.softplus(D(fake)).mean() + F.softplus(-d_real).mean() + fastgan.r1_penalty(
+        ...     real=real, scores=d_real)
     """
     _check_tensor(real, "real")
     _check_real(gamma, "gamma")
-    return _penalty(_critic_grad(D, real), gamma / 2, 0.0, 2.0, False, return_norms)
+    _input_grad.check_scaler(scaler)
+    (g,) = _grads(D, {"real": real}, scores, scaler)
+    return _penalty(g, gamma / 2, 0.0, 2.0, False, return_norms)
 
 
-def r2_penalty(D, fake, *, gamma=10.0, return_norms=False):
+def r2_penalty(D=None, fake=None, *, gamma=10.0, scores=None, scaler=None, return_norms=False):
     r"""R2: ``gamma/2 * mean_i ||grad D(fake_i)||^2``, R1 on the generated samples.
+
+    ``scores=`` (the critic's outputs on ``fake``, which requires grad) and ``scaler``: see
+    :func:`r1_penalty`.
 
     Example::
 
         >>> d_loss = d_loss + fastgan.r2_penalty(D, fake.detach())
+        >>> fake = G(z).detach().requires_grad_()
+        >>> d_fake = D(fake)
+        >>> d_loss = F.softplus(d_fake).mean() + ... + fastgan.r2_penalty(fake=fake, scores=d_fake)
     """
     _check_tensor(fake, "fake")
     _check_real(gamma, "gamma")
-    return _penalty(_critic_grad(D, fake), gamma / 2, 0.0, 2.0, False, return_norms)
+    _input_grad.check_scaler(scaler)
+    (g,) = _grads(D, {"fake": fake}, scores, scaler)
+    return _penalty(g, gamma / 2, 0.0, 2.0, False, return_norms)
