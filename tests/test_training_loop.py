@@ -336,6 +336,48 @@ def test_penalty_under_autocast(dtype, scaled, form):
     assert rel_err(ours, truth) < (3e-2 if dtype == torch.bfloat16 else 4e-3)
 
 
+class Float32Head(nn.Module):
+    """float16 trunk under autocast, float32 head (autocast turned off for it), a common AMP layout."""
+
+    def __init__(self):
+        super().__init__()
+        torch.manual_seed(10)
+        self.trunk, self.head = nn.Linear(6, 32), nn.Linear(32, 1)
+
+    def forward(self, x):
+        h = self.trunk(x)
+        with torch.autocast("cpu", enabled=False):
+            return self.head(torch.sin(h.float()) * 1.2345678)
+
+
+@pytest.mark.parametrize("form", ["D", "scores"])
+def test_inner_gradient_runs_outside_autocast(form):
+    """AMP recipe: the inner autograd.grad runs outside autocast. Inside it, the float32 head's
+    backward matmul would be cast to float16: a different gradient, which the test also shows."""
+    D = Float32Head()
+    real = torch.randn(8, 6, generator=torch.Generator().manual_seed(11))
+
+    def norms_of(inside):
+        x = real.detach().requires_grad_()
+        with torch.autocast("cpu", dtype=torch.float16):
+            out = D(x)
+            if inside:
+                g = torch.autograd.grad(out.sum(), x, create_graph=True)[0]
+        if not inside:
+            g = torch.autograd.grad(out.sum(), x, create_graph=True)[0]
+        return g.flatten(1).norm(dim=1)
+
+    recipe, inside = norms_of(False), norms_of(True)
+    assert rel_err(inside, recipe) > 1e-5                # the two really differ here
+    with torch.autocast("cpu", dtype=torch.float16):
+        if form == "D":
+            ours = fg.r1_penalty(D, real, return_norms=True)[1]
+        else:
+            x = real.detach().requires_grad_()
+            ours = fg.r1_penalty(real=x, scores=D(x), return_norms=True)[1]
+    assert rel_err(ours, recipe) < 1e-6
+
+
 def tiny_critic():
     """Weights ~2e-5: the input gradient (~6e-9) is below float16's smallest subnormal (6e-8)."""
     torch.manual_seed(6)
@@ -349,15 +391,19 @@ def tiny_critic():
     return D
 
 
-@pytest.mark.parametrize("form", ["D", "scores"])
+@pytest.mark.parametrize("form", ["D", "scores", "half"])
 def test_scaler_rescues_float16_underflow(form):
+    """autocast float16 (critic call or scores=), and a pure float16 critic without autocast (the
+    scaled gradient is float16 itself: it must be unscaled in float32)."""
     D = tiny_critic()
     real = torch.rand(5, 6, generator=torch.Generator().manual_seed(7)).half().float()
-    truth = (D[2].weight.double() @ D[0].weight.double()).expand(5, 6).norm(dim=1)   # all units active
+    truth = (D[2].weight.detach().double() @ D[0].weight.detach().double()).expand(5, 6).norm(dim=1)   # all units active
     assert float(truth.max()) < 2.98e-8       # rounds to 0 in float16
     scaler = torch.amp.GradScaler("cpu", init_scale=2.0 ** 15)
 
     def norms(scaler):
+        if form == "half":
+            return fg.r1_penalty(D.half(), real.half(), scaler=scaler, return_norms=True)[1].float()
         with torch.autocast("cpu", dtype=torch.float16):
             if form == "D":
                 return fg.r1_penalty(D, real, scaler=scaler, return_norms=True)[1]
