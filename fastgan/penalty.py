@@ -263,8 +263,7 @@ def r1_penalty(D=None, real=None, *, gamma=10.0, scores=None, scaler=None, retur
     _check_tensor(real, "real")
     _check_real(gamma, "gamma")
     _input_grad.check_scaler(scaler)
-    (g,) = _grads(D, {"real": real}, scores, scaler)
-    return _penalty(g, gamma / 2, 0.0, 2.0, False, return_norms)
+    return _penalty(_grads(D, {"real": real}, scores, scaler)[0], gamma / 2, 0.0, 2.0, False, return_norms)
 
 
 def r2_penalty(D=None, fake=None, *, gamma=10.0, scores=None, scaler=None, return_norms=False):
