@@ -454,7 +454,7 @@ def sn_cases(device, quick):
 # -------------------------------------------------------------------------------------------------
 # training loops: penalties from the loss's own forward (scores=) and lazy regularization (fg.Lazy)
 
-LAZY_EVERY = 16
+LAZY_EVERY = 16  # StyleGAN2's k; --quick uses 4 (a smoke test: 16 steps per sample is too slow for CI)
 
 
 def _loop_step(D, loss_fn):
@@ -469,12 +469,12 @@ def _loop_step(D, loss_fn):
     return run
 
 
-def _lazy_rows(D, loss_fn):
-    """LAZY_EVERY steps per call (one of them regularized): reported per step by run_case."""
+def _lazy_rows(D, loss_fn, k):
+    """k steps per call (one of them regularized): reported per step by run_case."""
     one = _loop_step(D, loss_fn)
 
     def run():
-        for _ in range(LAZY_EVERY):
+        for _ in range(k):
             out = one()
         return out
     return run
@@ -487,6 +487,7 @@ def training_loop_cases(device, quick):
     backends, skipped = _fastgan_backends(device)
     torch.manual_seed(0)
     b = 8 if quick else 64
+    k = 4 if quick else LAZY_EVERY
     D = dcgan_critic(16 if quick else 64).to(device)
     real, fake = torch.randn(b, 3, 32, 32, device=device), torch.randn(b, 3, 32, 32, device=device)
     F = torch.nn.functional
@@ -503,10 +504,12 @@ def training_loop_cases(device, quick):
         g = torch.autograd.grad(out.sum(), x, create_graph=True)[0]
         return F.softplus(D(fake)).mean() + F.softplus(-out).mean() + 5 * g.square().sum([1, 2, 3]).mean()
 
-    impls = {"eager": _loop_step(D, r1_eager), "eager same forward": _loop_step(D, r1_eager_same)}
+    impls = {"eager": _loop_step(D, r1_eager)}
+    if not quick:
+        impls["eager same forward"] = _loop_step(D, r1_eager_same)
     steps = {}
     for be in backends:
-        lazy = fg.Lazy(fg.r1_penalty, every=LAZY_EVERY)
+        lazy = fg.Lazy(fg.r1_penalty, every=k)
 
         def today(be=be):
             with fg.use_backend(be):
@@ -521,8 +524,8 @@ def training_loop_cases(device, quick):
 
         impls[f"fastgan:{be}"] = _loop_step(D, today)
         impls[f"fastgan:{be} scores="] = _loop_step(D, scores)
-        impls[f"fastgan:{be} lazy k={LAZY_EVERY} scores="] = _lazy_rows(D, lambda lazy=lazy, f=scores: f(lazy=lazy))
-        steps[f"fastgan:{be} lazy k={LAZY_EVERY} scores="] = LAZY_EVERY
+        impls[f"fastgan:{be} lazy k={k} scores="] = _lazy_rows(D, lambda lazy=lazy, f=scores: f(lazy=lazy), k)
+        steps[f"fastgan:{be} lazy k={k} scores="] = k
     yield Case("R1 critic step (training loop)", f"DCGAN 3x32x32 B={b}", impls, 0, dict(skipped), _close(1e-4),
                unchecked=tuple(steps), steps_per_call=steps)
 
@@ -542,10 +545,12 @@ def training_loop_cases(device, quick):
         pen = (gr.flatten(1).norm(dim=1) ** 6).mean() + (gf.flatten(1).norm(dim=1) ** 6).mean()
         return d_fake.mean() - d_real.mean() + pen
 
-    impls = {"eager": _loop_step(D, div_eager), "eager same forward": _loop_step(D, div_eager_same)}
+    impls = {"eager": _loop_step(D, div_eager)}
+    if not quick:
+        impls["eager same forward"] = _loop_step(D, div_eager_same)
     steps = {}
     for be in backends:
-        lazy = fg.Lazy(fg.wgan_div_penalty, every=LAZY_EVERY)
+        lazy = fg.Lazy(fg.wgan_div_penalty, every=k)
 
         def today(be=be):
             with fg.use_backend(be):
@@ -561,8 +566,8 @@ def training_loop_cases(device, quick):
 
         impls[f"fastgan:{be}"] = _loop_step(D, today)
         impls[f"fastgan:{be} scores="] = _loop_step(D, scores)
-        impls[f"fastgan:{be} lazy k={LAZY_EVERY} scores="] = _lazy_rows(D, lambda lazy=lazy, f=scores: f(lazy=lazy))
-        steps[f"fastgan:{be} lazy k={LAZY_EVERY} scores="] = LAZY_EVERY
+        impls[f"fastgan:{be} lazy k={k} scores="] = _lazy_rows(D, lambda lazy=lazy, f=scores: f(lazy=lazy), k)
+        steps[f"fastgan:{be} lazy k={k} scores="] = k
     yield Case("WGAN-div critic step (training loop)", f"DCGAN 3x32x32 B={b}", impls, 0, dict(skipped),
                _close(1e-4), unchecked=tuple(steps), steps_per_call=steps)
 
