@@ -9,6 +9,7 @@ from ._ext import empty_cache
 from .backend import backends, get_backend, set_backend, use_backend
 from .approx import approx_r1_penalty, approx_r2_penalty
 from .clip import WeightClipper, clip_weights_
+from .lazy import Lazy
 from .penalty import (
     dragan_penalty,
     grad_norm_penalty,
@@ -27,7 +28,7 @@ __version__ = "0.1.0"
 __all__ = [
     "backends", "get_backend", "set_backend", "use_backend", "reference", "empty_cache",
     "grad_norm_penalty", "gradient_penalty", "lipschitz_penalty", "dragan_penalty",
-    "wgan_div_penalty", "r1_penalty", "r2_penalty", "approx_r1_penalty", "approx_r2_penalty",
+    "wgan_div_penalty", "r1_penalty", "r2_penalty", "approx_r1_penalty", "approx_r2_penalty", "Lazy",
     "spectral_norm", "remove_spectral_norm", "apply_spectral_norm",
     "clip_weights_", "WeightClipper",
     "losses", "instance_noise", "anneal_std",

@@ -110,6 +110,7 @@ class Case:
     skipped: dict = dataclasses.field(default_factory=dict)  # name -> why it did not run
     check: Callable = None  # (out, ref) -> bool
     unchecked: tuple = ()  # rows that compute something else by design (e.g. the no-SN floor)
+    steps_per_call: dict = dataclasses.field(default_factory=dict)  # name -> steps one call runs (amortized rows)
 
 
 def _flat(out):
@@ -450,8 +451,130 @@ def sn_cases(device, quick):
                    dict(skipped, **({"compile": why} if why else {})), _close(1e-4), unchecked=("no SN",))
 
 
+# -------------------------------------------------------------------------------------------------
+# training loops: penalties from the loss's own forward (scores=) and lazy regularization (fg.Lazy)
+
+LAZY_EVERY = 16  # StyleGAN2's k; --quick uses 4 (a smoke test: 16 steps per sample is too slow for CI)
+
+
+def _loop_step(D, loss_fn):
+    """One critic step as a training loop runs it: zero_grad, loss.backward() (input .grad included)."""
+    params = list(D.parameters())
+
+    def run():
+        for p in params:
+            p.grad = None
+        loss_fn().backward()
+        return [p.grad for p in params]
+    return run
+
+
+def _lazy_rows(D, loss_fn, k):
+    """k steps per call (one of them regularized): reported per step by run_case."""
+    one = _loop_step(D, loss_fn)
+
+    def run():
+        for _ in range(k):
+            out = one()
+        return out
+    return run
+
+
+def training_loop_cases(device, quick):
+    """R1 and WGAN-div DCGAN critic steps: eager (separate forward, as PyTorch-GAN-style code; and
+    from the same forward, as StyleGAN2 / seed 002), fastgan today (``fg.r1_penalty(D, real)``),
+    fastgan from the loss's forward (``scores=``), and lazy with k=16 (amortized per step)."""
+    backends, skipped = _fastgan_backends(device)
+    torch.manual_seed(0)
+    b = 8 if quick else 64
+    k = 4 if quick else LAZY_EVERY
+    D = dcgan_critic(16 if quick else 64).to(device)
+    real, fake = torch.randn(b, 3, 32, 32, device=device), torch.randn(b, 3, 32, 32, device=device)
+    F = torch.nn.functional
+    skipped = dict(skipped, compile="not measured for this case (see the R1 critic step)")
+
+    # R1 with the non-saturating loss (gamma = 10)
+    def r1_eager():
+        g = _eager_grad(D, real.clone())
+        return F.softplus(D(fake)).mean() + F.softplus(-D(real)).mean() + 5 * g.square().sum([1, 2, 3]).mean()
+
+    def r1_eager_same():
+        x = real.detach().requires_grad_()
+        out = D(x)
+        g = torch.autograd.grad(out.sum(), x, create_graph=True)[0]
+        return F.softplus(D(fake)).mean() + F.softplus(-out).mean() + 5 * g.square().sum([1, 2, 3]).mean()
+
+    impls = {"eager": _loop_step(D, r1_eager)}
+    if not quick:
+        impls["eager same forward"] = _loop_step(D, r1_eager_same)
+    steps = {}
+    for be in backends:
+        lazy = fg.Lazy(fg.r1_penalty, every=k)
+
+        def today(be=be):
+            with fg.use_backend(be):
+                return F.softplus(D(fake)).mean() + F.softplus(-D(real)).mean() + fg.r1_penalty(D, real, gamma=10.0)
+
+        def scores(be=be, lazy=None):
+            with fg.use_backend(be):
+                x = real.detach().requires_grad_(lazy is None or lazy.due)
+                d_real = D(x)
+                pen = (lazy or fg.r1_penalty)(real=x, scores=d_real, gamma=10.0)
+                return F.softplus(D(fake)).mean() + F.softplus(-d_real).mean() + pen
+
+        impls[f"fastgan:{be}"] = _loop_step(D, today)
+        impls[f"fastgan:{be} scores="] = _loop_step(D, scores)
+        impls[f"fastgan:{be} lazy k={k} scores="] = _lazy_rows(D, lambda lazy=lazy, f=scores: f(lazy=lazy), k)
+        steps[f"fastgan:{be} lazy k={k} scores="] = k
+    yield Case("R1 critic step (training loop)", f"DCGAN 3x32x32 B={b}", impls, 0, dict(skipped), _close(1e-4),
+               unchecked=tuple(steps), steps_per_call=steps)
+
+    # WGAN-div (k = 2, p = 6) with the Wasserstein loss
+    def div_eager():
+        xr, xf = real.detach().requires_grad_(), fake.detach().requires_grad_()
+        gr = torch.autograd.grad(D(xr).sum(), xr, create_graph=True)[0]
+        gf = torch.autograd.grad(D(xf).sum(), xf, create_graph=True)[0]
+        pen = (gr.flatten(1).norm(dim=1) ** 6).mean() + (gf.flatten(1).norm(dim=1) ** 6).mean()
+        return D(fake).mean() - D(real).mean() + pen
+
+    def div_eager_same():  # seed 002
+        xr, xf = real.detach().requires_grad_(), fake.detach().requires_grad_()
+        d_real, d_fake = D(xr), D(xf)
+        gr = torch.autograd.grad(d_real.sum(), xr, create_graph=True)[0]
+        gf = torch.autograd.grad(d_fake.sum(), xf, create_graph=True)[0]
+        pen = (gr.flatten(1).norm(dim=1) ** 6).mean() + (gf.flatten(1).norm(dim=1) ** 6).mean()
+        return d_fake.mean() - d_real.mean() + pen
+
+    impls = {"eager": _loop_step(D, div_eager)}
+    if not quick:
+        impls["eager same forward"] = _loop_step(D, div_eager_same)
+    steps = {}
+    for be in backends:
+        lazy = fg.Lazy(fg.wgan_div_penalty, every=k)
+
+        def today(be=be):
+            with fg.use_backend(be):
+                return D(fake).mean() - D(real).mean() + fg.wgan_div_penalty(D, real, fake)
+
+        def scores(be=be, lazy=None):
+            with fg.use_backend(be):
+                due = lazy is None or lazy.due
+                xr, xf = real.detach().requires_grad_(due), fake.detach().requires_grad_(due)
+                d_real, d_fake = D(xr), D(xf)
+                pen = (lazy or fg.wgan_div_penalty)(real=xr, fake=xf, scores=(d_real, d_fake))
+                return d_fake.mean() - d_real.mean() + pen
+
+        impls[f"fastgan:{be}"] = _loop_step(D, today)
+        impls[f"fastgan:{be} scores="] = _loop_step(D, scores)
+        impls[f"fastgan:{be} lazy k={k} scores="] = _lazy_rows(D, lambda lazy=lazy, f=scores: f(lazy=lazy), k)
+        steps[f"fastgan:{be} lazy k={k} scores="] = k
+    yield Case("WGAN-div critic step (training loop)", f"DCGAN 3x32x32 B={b}", impls, 0, dict(skipped),
+               _close(1e-4), unchecked=tuple(steps), steps_per_call=steps)
+
+
 CASE_FAMILIES = {"grad_norm_penalty": primitive_cases, "clip_weights": clip_cases, "spectral_norm": sn_cases,
-                 "critic_steps": step_cases, "wgan_clip_step": wgan_clip_step_cases}
+                 "critic_steps": step_cases, "wgan_clip_step": wgan_clip_step_cases,
+                 "training_loop": training_loop_cases}
 
 
 # --- penalty methods (issue 15): exact double backward vs finite differences vs approximated R1 ---
@@ -511,6 +634,10 @@ def run_case(case, device, copy_bw, quick):
             else:  # a baseline that breaks (torch.compile of torch's own code) is a finding, not a failure
                 rows.append({"op": case.op, "shape": case.shape, "impl": name, "skipped": f"failed: {msg}"})
     stats = measure_interleaved(runnable, device, min_time=0.05 if quick else 0.3, min_samples=7 if quick else 15)
+    for name, n in case.steps_per_call.items():  # amortized rows report time per step
+        if name in stats:
+            stats[name] = dict(stats[name], **{k: stats[name][k] / n for k in ("median_s", "p20_s", "p80_s")},
+                               steps_per_call=n)
     timings = {name: t["median_s"] for name, t in stats.items()}
     for name, t in stats.items():
         row = {"op": case.op, "shape": case.shape, "impl": name, "matched": ok[name], **t}
