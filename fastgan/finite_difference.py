@@ -138,7 +138,7 @@ def _scores(out, name="D"):
     return out
 
 
-def penalty(D, x, on_grad):
+def penalty(D, x, on_grad, batch=None):
     """``on_grad(g)`` -> ``(loss, extra)`` evaluated at ``g = grad_x sum D(x)``; returns ``(loss, extra)``
     where ``loss`` has the exact value and the finite-difference parameter gradient."""
     x = x.detach()
@@ -159,6 +159,11 @@ def penalty(D, x, on_grad):
         finally:
             if hook is not None:
                 hook.remove()
+        batch = (b,) if batch is None else batch
+        if out.dim() == 0 or out.shape[0] not in batch:   # the same contract as the exact path
+            raise ValueError(f"D's output must have the batch as its first dimension (one score per sample, "
+                             f"{' or '.join(map(str, batch))} rows), got shape {tuple(out.shape)}: a critic that "
+                             f"reduces over the batch (e.g. D(x).mean()) would scale the gradient by 1/B")
         if not out.requires_grad:
             raise ValueError("the critic's output does not depend on its input (D(x) does not require grad)")
         # first order only: no create_graph, and no parameter gradients (inputs=x)

@@ -58,6 +58,9 @@ def _check_autograd_on(fn):
 
 def _check_critic(fn, D, return_norms, scores=None):
     _check_autograd_on(fn)
+    if D is None and scores is None and fn in ("r1_penalty", "r2_penalty", "wgan_div_penalty"):
+        which = "real and fake" if fn == "wgan_div_penalty" else ("real" if fn == "r1_penalty" else "fake")
+        raise TypeError(f"D (the critic) is required, or scores= (its outputs on {which})")
     if scores is None or D is not None:   # with scores= alone there is no critic to call
         _validate.check_callable(D, "D")
     return _validate.check_bool(return_norms, "return_norms")
@@ -141,7 +144,7 @@ def _regularize(D, x, method, weight, target, power, one_sided, return_norms, pa
         return _penalty(g.reshape(g.shape[0] // pac, -1) if pac > 1 else g, weight, target, power, one_sided, True)
 
     if method == "finite_difference":
-        loss, norms = _fd.penalty(D, x, on_grad)
+        loss, norms = _fd.penalty(D, x, on_grad, batch)
     else:
         loss, norms = on_grad(_critic_grad(D, x, batch, scaler))
     return (loss, norms) if return_norms else loss

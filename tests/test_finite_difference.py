@@ -192,14 +192,15 @@ def test_nan_propagates():
     assert torch.isnan(param_grads(D, loss)).any()
 
 
-def test_scalar_output_critic_uses_whole_batch_direction():
-    """A critic returning one scalar for the batch (not batch-first) still gets the right gradient."""
+@pytest.mark.parametrize("method", ["double_backward", FD])
+def test_scalar_output_critic_is_rejected_by_both_methods(method):
+    """A critic that reduces over the batch breaks the spec's batch-first contract (its gradient would be
+    scaled by 1/B for a mean): both methods refuse it with the same error."""
     base = smooth_critic(torch.float64)
     D = lambda x: base(x).sum()   # noqa: E731
     x = data(torch.float64)
-    g_ex = param_grads(base, fg.r1_penalty(D, x["real"]))
-    g_fd = param_grads(base, fg.r1_penalty(D, x["real"], method=FD))
-    assert rel(g_fd, g_ex) < 1e-7
+    with pytest.raises(ValueError, match="batch as its first dimension"):
+        fg.r1_penalty(D, x["real"], method=method)
 
 
 @pytest.mark.parametrize("name", list(PENALTIES))
