@@ -119,6 +119,12 @@ void clip_weights_cpu(at::TensorList tensors, double lo, double hi) {
 
 TORCH_LIBRARY_IMPL(fastgan, CPU, m) { m.impl("clip_weights_", &clip_weights_cpu); }
 
+// Clipping records no autograd history (like p.data.clamp_): autograd falls through to the
+// kernels, which bump the version counters themselves. Callers need no torch.no_grad() (whose
+// enter and exit cost more than dispatching a small list), and the warning autograd fallback
+// never wraps a mutated non-leaf in a "not implemented" node.
+TORCH_LIBRARY_IMPL(fastgan, Autograd, m) { m.impl("clip_weights_", torch::CppFunction::makeFallthrough()); }
+
 // Which copy of the clamp loop clip_weights_ runs on this CPU: "AVX512", "AVX2" or "DEFAULT".
 TORCH_LIBRARY_FRAGMENT(fastgan, m) { m.def("clip_cpu_isa() -> str", &clip_cpu_isa); }
 
