@@ -13,6 +13,8 @@
 #include <torch/library.h>
 
 #include <algorithm>
+#include <atomic>
+#include <chrono>
 #include <string>
 #include <vector>
 
@@ -67,6 +69,70 @@ const Isa& clip_isa() {
 
 std::string clip_cpu_isa() { return clip_isa().name; }
 
+// --- serial or parallel -------------------------------------------------------------------
+// A list of at least 2 grains may use several threads (as many as it has grains). Whether that
+// pays depends on the machine's state as much as on the work: an idle core wakes in microseconds,
+// but when other processes hold every core, the parallel region ends only when the woken thread
+// gets a time slice (milliseconds; torch's own clamp_ loop suffers the same). So "adaptive" (the
+// default) times both choices per size class (log2 of the list's bytes) and runs the faster,
+// re-timing the other one now and then (every 16 calls, backing off to every 1024 while it
+// keeps losing). The result is the same either way (an elementwise clamp); only time differs.
+enum Threading : int { kAdaptive = 0, kSerial = 1, kParallel = 2 };
+std::atomic<int> g_threading{kAdaptive};
+
+struct SizeClass {
+  std::atomic<float> ns_per_byte[2];  // [serial, parallel]; 0: not timed yet
+  std::atomic<int32_t> calls, period;
+};
+SizeClass g_stats[64];  // zero-initialized (static storage); races between callers only blur timings
+
+template <typename Run>
+void run_adaptive(int64_t bytes, Run&& run) {
+  SizeClass& sc = g_stats[63 - __builtin_clzll(static_cast<unsigned long long>(bytes))];
+  const float rs = sc.ns_per_byte[0].load(std::memory_order_relaxed);
+  const float rp = sc.ns_per_byte[1].load(std::memory_order_relaxed);
+  const int32_t period = std::max<int32_t>(16, sc.period.load(std::memory_order_relaxed));
+  const int32_t c = sc.calls.fetch_add(1, std::memory_order_relaxed);
+  bool par, explore = false;
+  if (rp == 0) {
+    par = true;  // first the choice by work
+  } else if (rs == 0) {
+    par = false;  // then the other
+  } else {
+    explore = c % period == period - 1;
+    par = (rp <= rs) != explore;
+  }
+  const auto t0 = std::chrono::steady_clock::now();
+  run(par);
+  const float r = std::chrono::duration<float, std::nano>(std::chrono::steady_clock::now() - t0).count() /
+                  static_cast<float>(bytes);
+  std::atomic<float>& est = sc.ns_per_byte[par];
+  const float old = est.load(std::memory_order_relaxed);
+  // moving average; one sample may at most double the estimate (a preemption is not a trend)
+  const float now = old == 0 ? r : 0.75f * old + 0.25f * std::min(r, 2 * old);
+  est.store(now, std::memory_order_relaxed);
+  if (explore) {
+    const float other = sc.ns_per_byte[!par].load(std::memory_order_relaxed);
+    sc.period.store(now > other ? std::min<int32_t>(2 * period, 1024) : 16, std::memory_order_relaxed);
+  }
+}
+
+// Test and benchmark hook: "adaptive", "serial" or "parallel" (by work, always); returns the
+// previous setting; "" only queries.
+std::string clip_cpu_threading(const std::string& mode) {
+  static const char* names[] = {"adaptive", "serial", "parallel"};
+  const int prev = g_threading.load();
+  if (!mode.empty()) {
+    int m = -1;
+    for (int i = 0; i < 3; ++i)
+      if (mode == names[i]) m = i;
+    TORCH_CHECK_VALUE(m >= 0, "clip_cpu_threading: mode must be 'adaptive', 'serial' or 'parallel', got '",
+                      mode, "'");
+    g_threading.store(m);
+  }
+  return names[prev];
+}
+
 void fill_bounds(ClipBounds& b, at::ScalarType dt, double lo, double hi) {
   switch (dt) {
     case at::kDouble: b.f64[0] = lo, b.f64[1] = hi; break;
@@ -99,10 +165,8 @@ void clip_weights_cpu(at::TensorList tensors, double lo, double hi) {
   }
   clip_bump_versions(tensors);
   if (total == 0) return;
-  // elements per thread at least: kGrainBytes at the list's mean element size
-  const int64_t grain = std::max<int64_t>(1, total * kGrainBytes / bytes);
   const ClipPieceFn piece = clip_isa().fn;
-  at::parallel_for(0, total, grain, [&](int64_t r0, int64_t r1) {
+  auto body = [&](int64_t r0, int64_t r1) {
     // first span that contains element r0
     auto it = std::upper_bound(spans.begin(), spans.end(), r0,
                                [](int64_t v, const ClipSpan& s) { return v < s.begin; }) - 1;
@@ -112,7 +176,17 @@ void clip_weights_cpu(at::TensorList tensors, double lo, double hi) {
       piece(*it, r - it->begin, n, b);
       r += n;
     }
-  });
+  };
+  // elements per thread at least: kGrainBytes at the list's mean element size
+  const int64_t grain = std::max<int64_t>(1, total * kGrainBytes / bytes);
+  const int mode = g_threading.load(std::memory_order_relaxed);
+  if (mode == kSerial || bytes < 2 * kGrainBytes || at::get_num_threads() < 2 || at::in_parallel_region()) {
+    body(0, total);
+  } else if (mode == kParallel) {
+    at::parallel_for(0, total, grain, body);
+  } else {
+    run_adaptive(bytes, [&](bool par) { par ? at::parallel_for(0, total, grain, body) : body(0, total); });
+  }
 }
 
 }  // namespace
@@ -126,6 +200,9 @@ TORCH_LIBRARY_IMPL(fastgan, CPU, m) { m.impl("clip_weights_", &clip_weights_cpu)
 TORCH_LIBRARY_IMPL(fastgan, Autograd, m) { m.impl("clip_weights_", torch::CppFunction::makeFallthrough()); }
 
 // Which copy of the clamp loop clip_weights_ runs on this CPU: "AVX512", "AVX2" or "DEFAULT".
-TORCH_LIBRARY_FRAGMENT(fastgan, m) { m.def("clip_cpu_isa() -> str", &clip_cpu_isa); }
+TORCH_LIBRARY_FRAGMENT(fastgan, m) {
+  m.def("clip_cpu_isa() -> str", &clip_cpu_isa);
+  m.def("clip_cpu_threading(str mode) -> str", &clip_cpu_threading);
+}
 
 }  // namespace fastgan
