@@ -281,7 +281,9 @@ def remove_spectral_norm(module, name="weight"):
     ``W / sigma`` (sigma from the current u, v; no power iteration). The parameter object is kept, so
     an optimizer holding it still works. Where other parametrizations share the weight (spectral
     norm stacked over ``weight_norm``, or twice), only the last spectral norm goes: the value it
-    produced is written back through those below it (their ``right_inverse``), the rest stay.
+    produced is written back through those below it (their ``right_inverse``), the rest stay. The
+    weight is then unchanged where those inverses are exact (weight_norm's); a spectral norm's
+    right_inverse is the identity (torch's), so below one the value becomes its original.
 
     Example::
 
