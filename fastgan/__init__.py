@@ -7,7 +7,7 @@ Triton backends. See README.md and SPEC.md.
 from . import ops, reference
 from ._ext import empty_cache
 from .backend import backends, get_backend, set_backend, use_backend
-from .clip import WeightClipper, clip_weights_
+from .clip import ClipError, WeightClipper, clip_weights_
 from .penalty import (
     dragan_penalty,
     grad_norm_penalty,
@@ -28,6 +28,6 @@ __all__ = [
     "grad_norm_penalty", "gradient_penalty", "lipschitz_penalty", "dragan_penalty",
     "wgan_div_penalty", "r1_penalty", "r2_penalty",
     "spectral_norm", "remove_spectral_norm", "apply_spectral_norm",
-    "clip_weights_", "WeightClipper",
+    "clip_weights_", "WeightClipper", "ClipError",
     "losses", "instance_noise", "anneal_std",
 ]
