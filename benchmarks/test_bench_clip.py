@@ -3,7 +3,8 @@
     python -m pytest benchmarks/test_bench_clip.py --benchmark-only --benchmark-columns=median,iqr,rounds
 
 Groups (one per parameter list, float32): a DCGAN critic (64x64, ndf=64: 11 tensors, 2.8M
-weights), an SNGAN-ResNet critic (128 channels, 10 residual blocks: 62 tensors, 3.1M weights),
+weights), the DCGAN-64 critic of issue 13 (Conv 3->64->128->256 with bias, Linear 4096->1: 8
+tensors, 663k weights), an SNGAN-ResNet critic (128 channels, 10 residual blocks: 62 tensors, 3.1M weights),
 and 1000 small tensors (16..512 elements). Each group times the two eager baselines (the public
 `p.data.clamp_` loop and two torch._foreach passes) and every fastgan backend available for the
 tensors' device, through the public fg.clip_weights_ (validation included).

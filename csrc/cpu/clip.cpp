@@ -1,6 +1,7 @@
 // CPU kernel of weight clipping: one call clamps a whole parameter list in place, in a single
-// vectorized pass (min and max together) split across threads by element ranges, so one huge
-// tensor and a thousand tiny ones both run in one parallel region sized by the work.
+// vectorized pass (min and max together), split across threads by element ranges (one parallel
+// region sized by the work, or one thread where timing says so: see run_adaptive), so one huge
+// tensor and a thousand tiny ones cost one dispatch.
 //
 // The clamp loop (clip_kernel.h) is compiled once per ISA, like torch's kernels: here with the
 // build's flags (AVX2 on an AVX2 machine) and in clip_avx512.cpp for AVX-512; the copy is picked
