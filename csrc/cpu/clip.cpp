@@ -76,7 +76,7 @@ std::string clip_cpu_isa() { return clip_isa().name; }
 // but when other processes hold every core, the parallel region ends only when the woken thread
 // gets a time slice (milliseconds; torch's own clamp_ loop suffers the same). So "adaptive" (the
 // default) times both choices per size class (log2 of the list's bytes) and runs the faster,
-// re-timing the other one now and then (every 16 calls, backing off to every 1024 while it
+// re-timing the other one now and then (every 16 calls, backing off to every 256 while it
 // keeps losing). The result is the same either way (an elementwise clamp); only time differs.
 enum Threading : int { kAdaptive = 0, kSerial = 1, kParallel = 2 };
 std::atomic<int> g_threading{kAdaptive};
@@ -84,6 +84,7 @@ std::atomic<int> g_threading{kAdaptive};
 struct SizeClass {
   std::atomic<float> ns_per_byte[2];  // [serial, parallel]; 0: not timed yet
   std::atomic<int32_t> calls, period;
+  std::atomic<int32_t> warm;  // 1: the last call ran parallel untimed, to wake the pool; time the next
 };
 SizeClass g_stats[64];  // zero-initialized (static storage); races between callers only blur timings
 
@@ -94,13 +95,21 @@ void run_adaptive(int64_t bytes, Run&& run) {
   const float rp = sc.ns_per_byte[1].load(std::memory_order_relaxed);
   const int32_t period = std::max<int32_t>(16, sc.period.load(std::memory_order_relaxed));
   const int32_t c = sc.calls.fetch_add(1, std::memory_order_relaxed);
+  const bool warmed = sc.warm.exchange(0, std::memory_order_relaxed) != 0;
   bool par, explore = false;
-  if (rp == 0) {
-    par = true;  // first the choice by work
+  if (warmed) {
+    par = true, explore = rp != 0 && rs != 0;  // the timed parallel run after a warm-up
+  } else if (rp == 0 || (rs != 0 && rp > rs && c % period == period - 1)) {
+    // Time the parallel choice (first the choice by work, later as exploration). Threads that
+    // slept since their last region wake slowly; in training they rarely sleep (torch's own ops
+    // keep them busy between clips), so run once untimed to wake them, and time the next call.
+    sc.warm.store(1, std::memory_order_relaxed);
+    run(true);
+    return;
   } else if (rs == 0) {
     par = false;  // then the other
   } else {
-    explore = c % period == period - 1;
+    explore = c % period == period - 1;  // (serial, while parallel leads)
     par = (rp <= rs) != explore;
   }
   const auto t0 = std::chrono::steady_clock::now();
@@ -109,12 +118,14 @@ void run_adaptive(int64_t bytes, Run&& run) {
                   static_cast<float>(bytes);
   std::atomic<float>& est = sc.ns_per_byte[par];
   const float old = est.load(std::memory_order_relaxed);
-  // moving average; one sample may at most double the estimate (a preemption is not a trend)
-  const float now = old == 0 ? r : 0.75f * old + 0.25f * std::min(r, 2 * old);
+  // moving average, asymmetric: timing noise only ever adds time (preemption), so a faster sample
+  // counts half and a slower one a quarter, capped at twice the estimate (a preemption is not a
+  // trend; a persistently slower choice still doubles its estimate within a few calls)
+  const float now = old == 0 ? r : r < old ? 0.5f * (old + r) : 0.75f * old + 0.25f * std::min(r, 2 * old);
   est.store(now, std::memory_order_relaxed);
   if (explore) {
     const float other = sc.ns_per_byte[!par].load(std::memory_order_relaxed);
-    sc.period.store(now > other ? std::min<int32_t>(2 * period, 1024) : 16, std::memory_order_relaxed);
+    sc.period.store(now > other ? std::min<int32_t>(2 * period, 256) : 16, std::memory_order_relaxed);
   }
 }
 
