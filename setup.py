@@ -16,15 +16,26 @@ from torch.utils import cpp_extension
 ROOT = os.path.dirname(os.path.abspath(__file__))
 
 
-def _cpu_has_avx2():
+def _cpu_flags():
     if platform.machine() not in ("x86_64", "AMD64"):
-        return False
+        return set()
     try:
         with open("/proc/cpuinfo") as f:
-            flags = f.read()
+            for line in f:
+                if line.startswith("flags"):
+                    return set(line.split(":", 1)[1].split())
     except OSError:
-        return False
-    return " avx2" in flags and " fma" in flags
+        pass
+    return set()
+
+
+def _cpu_has_avx2():
+    return {"avx2", "fma", "f16c"} <= _cpu_flags()
+
+
+def _cpu_has_avx512():
+    # the subset torch's AVX512 kernels (at::vec's vec512) are compiled for
+    return {"avx512f", "avx512bw", "avx512vl", "avx512dq"} <= _cpu_flags()
 
 
 def _want_cuda():
@@ -46,6 +57,10 @@ def extensions():
     # once per ISA, we compile once for the build machine (the machine that runs it).
     if os.environ.get("FASTGAN_NO_AVX2", "0") != "1" and _cpu_has_avx2():
         cxx += ["-mavx2", "-mfma", "-mf16c", "-DCPU_CAPABILITY=AVX2", "-DCPU_CAPABILITY_AVX2"]
+        # kernels with an AVX-512 copy (csrc/cpu/*_avx512.cpp: it enables the ISA for itself) are
+        # built with it too, and pick it at run time as torch does (CPU and ATEN_CPU_CAPABILITY)
+        if os.environ.get("FASTGAN_NO_AVX512", "0") != "1" and _cpu_has_avx512():
+            cxx += ["-DFASTGAN_CPU_AVX512"]
     use_cuda, why = _want_cuda()
     kwargs = dict(extra_compile_args={"cxx": cxx}, extra_link_args=["-fopenmp"], py_limited_api=True)
     if use_cuda:

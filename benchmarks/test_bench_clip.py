@@ -3,7 +3,8 @@
     python -m pytest benchmarks/test_bench_clip.py --benchmark-only --benchmark-columns=median,iqr,rounds
 
 Groups (one per parameter list, float32): a DCGAN critic (64x64, ndf=64: 11 tensors, 2.8M
-weights), an SNGAN-ResNet critic (128 channels, 10 residual blocks: 62 tensors, 3.1M weights),
+weights), the DCGAN-64 critic of issue 13 (Conv 3->64->128->256 with bias, Linear 4096->1: 8
+tensors, 663k weights), an SNGAN-ResNet critic (128 channels, 10 residual blocks: 62 tensors, 3.1M weights),
 and 1000 small tensors (16..512 elements). Each group times the two eager baselines (the public
 `p.data.clamp_` loop and two torch._foreach passes) and every fastgan backend available for the
 tensors' device, through the public fg.clip_weights_ (validation included).
@@ -22,6 +23,14 @@ def dcgan_critic():
     return shapes + [(1, 512, 4, 4)]
 
 
+def dcgan64_critic():
+    """The issue 13 list: Conv 3->64->128->256 (4x4, stride 2, with bias) and Linear 4096->1."""
+    shapes = []
+    for c_in, c_out in [(3, 64), (64, 128), (128, 256)]:
+        shapes += [(c_out, c_in, 4, 4), (c_out,)]
+    return shapes + [(1, 4096), (1,)]
+
+
 def sngan_resnet_critic(blocks=10, ch=128):
     shapes = []
     for b in range(blocks):
@@ -35,7 +44,7 @@ def small_tensors(n=1000):
     return [(int(s),) for s in torch.randint(16, 513, (n,), generator=g)]
 
 
-LISTS = {"dcgan": dcgan_critic(), "sngan_resnet": sngan_resnet_critic(), "small_x1000": small_tensors()}
+LISTS = {"dcgan": dcgan_critic(), "dcgan64_bias": dcgan64_critic(), "sngan_resnet": sngan_resnet_critic(), "small_x1000": small_tensors()}
 DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
 
 

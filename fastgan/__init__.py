@@ -8,7 +8,7 @@ from . import ops, reference
 from ._ext import empty_cache
 from .backend import backends, get_backend, set_backend, use_backend
 from .approx import approx_r1_penalty, approx_r2_penalty
-from .clip import WeightClipper, clip_weights_
+from .clip import ClipError, WeightClipper, clip_weights_
 from .lazy import Lazy
 from .penalty import (
     dragan_penalty,
@@ -30,6 +30,6 @@ __all__ = [
     "grad_norm_penalty", "gradient_penalty", "lipschitz_penalty", "dragan_penalty",
     "wgan_div_penalty", "r1_penalty", "r2_penalty", "approx_r1_penalty", "approx_r2_penalty", "Lazy",
     "spectral_norm", "remove_spectral_norm", "apply_spectral_norm",
-    "clip_weights_", "WeightClipper",
+    "clip_weights_", "WeightClipper", "ClipError",
     "losses", "instance_noise", "anneal_std",
 ]

@@ -112,24 +112,32 @@ def get_backend() -> str:
     return stack[-1] if stack else _global_default[0]
 
 
-@contextlib.contextmanager
-def use_backend(name: str):
-    """Scoped default backend (thread-local).
+class use_backend(contextlib.ContextDecorator):
+    """Scoped default backend (thread-local). The name is checked when the object is made; the
+    object can be entered again, nested or later, and used as a decorator, like ``torch.no_grad()``.
 
     Example::
 
         >>> with fastgan.use_backend("cpu"):
         ...     loss = fastgan.gradient_penalty(D, real, fake)
     """
-    _check_name(name)
-    if name != "auto":
-        _require_available(name)
-    stack = _state.__dict__.setdefault("stack", [])
-    stack.append(name)
-    try:
-        yield
-    finally:
-        stack.pop()
+
+    def __init__(self, name: str):
+        _check_name(name)
+        if name != "auto":
+            _require_available(name)
+        self.name = name
+
+    def __enter__(self):
+        _state.__dict__.setdefault("stack", []).append(self.name)
+        return self
+
+    def __exit__(self, *exc):
+        _state.stack.pop()
+        return False
+
+    def __repr__(self):
+        return f"use_backend({self.name!r})"
 
 
 # Under torch.compile the choice is made once, while tracing, and baked into the graph.

@@ -307,11 +307,17 @@ def _param_lists(quick):
         c_in = 3 if b == 0 else 128
         sngan += [(128, c_in, 3, 3), (128,), (128, 128, 3, 3), (128,), (128, c_in, 1, 1), (128,)]
     sngan += [(1, 128), (1,)]
+    # issue 13's list: DCGAN-64 critic, Conv 3->64->128->256 (4x4, stride 2, with bias), Linear 4096->1
+    dcgan64 = []
+    for c_in, c_out in [(3, 64), (64, 128), (128, 256)]:
+        dcgan64 += [(c_out, c_in, 4, 4), (c_out,)]
+    dcgan64 += [(1, 4096), (1,)]
     gen = torch.Generator().manual_seed(0)
     small = [(int(s),) for s in torch.randint(16, 513, (1000,), generator=gen)]
     if quick:
         return {"DCGAN critic": dcgan[:4], "1000 small tensors": small[:50]}
-    return {"DCGAN critic": dcgan, "SNGAN-ResNet critic": sngan, "1000 small tensors": small}
+    return {"DCGAN critic": dcgan, "DCGAN-64 critic (bias)": dcgan64, "SNGAN-ResNet critic": sngan,
+            "1000 small tensors": small}
 
 
 _WGAN_CLIP = 0.01  # the original WGAN's clip value

@@ -19,8 +19,10 @@ import torch._prims_common
 import torch.nn.functional as F
 from torch import nn
 from torch.nn.utils import parametrize
+from torch.nn.utils.spectral_norm import SpectralNorm as _LegacySpectralNorm
 
-from . import _validate, reference
+from . import reference
+from ._validate import check_int, check_real
 from .backend import _check_name, _require_available
 from .ops import spectral as _ops
 
@@ -34,6 +36,25 @@ _SN_TYPES = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.ConvTranspose1d, nn.
              nn.ConvTranspose3d, nn.Embedding)
 _TRANSPOSED = (nn.ConvTranspose1d, nn.ConvTranspose2d, nn.ConvTranspose3d)
 _REGISTRATION_ITERATIONS = 15  # torch's _SpectralNorm does 15 power iterations when registered
+
+
+# ---------------------------------------------------------------------------------------------
+# errors: torch's exception type, and fastgan's where its message is clearer (a class deriving from
+# both, so code written against torch.nn.utils.parametrizations.spectral_norm keeps catching them)
+class SpectralNormDimError(IndexError, ValueError):
+    """``dim`` out of range for the weight (torch: IndexError)."""
+
+
+class SpectralNormModuleError(TypeError, ValueError):
+    """``module`` is not an nn.Module (torch: ValueError, "has no parameter or buffer")."""
+
+
+class SpectralNormDtypeError(TypeError, NotImplementedError):
+    """The weight is neither floating point nor complex (torch: NotImplementedError from normal_)."""
+
+
+class SpectralNormLazyError(ValueError, RuntimeError):
+    """The weight is an uninitialized (lazy) parameter (torch: RuntimeError)."""
 
 
 # ---------------------------------------------------------------------------------------------
@@ -70,12 +91,25 @@ class _SpectralNorm(nn.Module):
                 "parameters sharded outside the forward of the module it wraps); the power iteration needs "
                 "the whole weight: access it inside that module's forward, or unshard it first (FSDP: "
                 "module.unshard())")
+        if weight.is_complex():
+            u, v = self._power_complex(weight, n_iter)
+            return "reference", None, u, v  # reference.sn_normalize computes the complex sigma itself
         name = _ops.resolve_backend(self.backend, weight.device.type)
         sigmas, us, vs = _ops.power(name, [weight.detach()], [self._u], [self._v], [self.dim], n_iter, self.eps)
         if n_iter:
             with torch.no_grad():
                 torch._foreach_copy_([self._u, self._v], [us[0], vs[0]])
         return name, sigmas[0], us[0], vs[0]
+
+    @torch.no_grad()
+    def _power_complex(self, weight, n_iter):
+        """torch's _power_method, line for line: the kernels are real-only, complex weights are rare."""
+        w_mat = reference.sn_weight_matrix(weight.detach(), self.dim)
+        for _ in range(n_iter):
+            F.normalize(torch.mv(w_mat, self._v), dim=0, eps=self.eps, out=self._u)
+            F.normalize(torch.mv(w_mat.H, self._u), dim=0, eps=self.eps, out=self._v)
+        return (self._u.clone(memory_format=torch.contiguous_format),
+                self._v.clone(memory_format=torch.contiguous_format))
 
     def forward(self, weight):
         if weight.ndim == 1:  # torch: normalized exactly, no power iteration
@@ -95,21 +129,37 @@ class _SpectralNorm(nn.Module):
 
 
 class _LegacyKeys:
-    """load_state_dict pre-hook: reads ``weight_orig/_u/_v`` written by ``torch.nn.utils.spectral_norm``."""
+    """load_state_dict pre-hook of a layer: reads the keys written by the legacy
+    ``torch.nn.utils.spectral_norm``: ``weight_orig/_u/_v`` (its version 1) and the oldest layout
+    (no ``weight_v``; ``weight`` holds W / sigma), whose v is solved for as torch's own hook does.
+    Inert once the layer has no spectral norm on ``name`` (e.g. after torch's
+    ``remove_parametrizations``)."""
 
     def __init__(self, name):
         self.name = name
 
     def __call__(self, module, state_dict, prefix, local_metadata, strict, missing, unexpected, errors):
+        sn = _find_sn(module, self.name)
         old = prefix + self.name
-        if old + "_orig" not in state_dict:
+        if sn is None or old + "_orig" not in state_dict:
             return
+        version = local_metadata.get("spectral_norm", {}).get(self.name + ".version", None)
+        if (version is None or version < 1) and old in state_dict and old + "_u" in state_dict:
+            # torch.nn.utils.spectral_norm's SpectralNormLoadStateDictPreHook: W = W_orig / sigma,
+            # u = normalize(W_orig v): recover sigma, then the v with u^T W_orig v = sigma
+            with torch.no_grad():
+                w_orig = state_dict[old + "_orig"]
+                sigma = (w_orig / state_dict[old]).mean()
+                w_mat = reference.sn_weight_matrix(w_orig, sn.dim)
+                u = state_dict[old + "_u"]
+                v = torch.linalg.multi_dot([w_mat.t().mm(w_mat).pinverse(), w_mat.t(), u.unsqueeze(1)]).squeeze(1)
+                state_dict[old + "_v"] = v.mul_(sigma / torch.dot(u, torch.mv(w_mat, v)))
         new = f"{prefix}parametrizations.{self.name}."
         state_dict[new + "original"] = state_dict.pop(old + "_orig")
         for s in ("u", "v"):
             if f"{old}_{s}" in state_dict:
                 state_dict[f"{new}0._{s}"] = state_dict.pop(f"{old}_{s}")
-        state_dict.pop(old, None)  # checkpoints older than torch 1.x's version 1 also stored W/sigma
+        state_dict.pop(old, None)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -118,39 +168,48 @@ def _is_sn(p):
     return isinstance(p, (_SpectralNorm, torch.nn.utils.parametrizations._SpectralNorm))
 
 
-def _check_int(x, name, low):
-    return _validate.check_int(x, name, low=low)  # the shared contract: numbers.Integral, not bool
+def _find_sn(module, name):
+    """The first spectral norm parametrization of ``module.<name>``, or None."""
+    if not parametrize.is_parametrized(module, name):
+        return None
+    return next((p for p in module.parametrizations[name] if _is_sn(p)), None)
+
+
+def _has_legacy_sn(module, name):
+    """Whether ``module.<name>`` carries the legacy ``torch.nn.utils.spectral_norm`` hook."""
+    return any(isinstance(h, _LegacySpectralNorm) and h.name == name
+               for h in module._forward_pre_hooks.values())
 
 
 def _check_args(module, name, n_power_iterations, eps, dim, backend):
+    """Returns (weight, n_power_iterations, eps, dim) with plain Python numbers."""
     if not isinstance(module, nn.Module):
-        raise TypeError(f"module must be a torch.nn.Module, got {type(module).__name__}")
+        raise SpectralNormModuleError(f"module must be a torch.nn.Module, got {type(module).__name__}")
     if not isinstance(name, str):
         raise TypeError(f"name must be a str, got {name!r}")
-    _check_int(n_power_iterations, "n_power_iterations", 1)
-    _validate.check_real(eps, "eps", positive=True, finite=True)
+    n_power_iterations = check_int(n_power_iterations, "n_power_iterations", low=1)
+    eps = check_real(eps, "eps", positive=True, finite=True)
     _check_name(backend)
     if backend != "auto":
         _require_available(backend)
-    if parametrize.is_parametrized(module, name) and any(_is_sn(p) for p in module.parametrizations[name]):
-        raise ValueError(f"spectral norm is already registered on {type(module).__name__}.{name}")
-    if hasattr(module, name + "_orig") and hasattr(module, name + "_u"):
+    if _has_legacy_sn(module, name):
         raise ValueError(f"{type(module).__name__}.{name} already has a spectral norm hook "
                          f"(torch.nn.utils.spectral_norm); remove it first")
     weight = getattr(module, name, None)
     if isinstance(weight, nn.parameter.UninitializedParameter):
-        raise ValueError(f"{type(module).__name__}.{name} is an uninitialized (lazy) parameter: run a dummy "
-                         f"forward before applying spectral norm")
+        raise SpectralNormLazyError(f"{type(module).__name__}.{name} is an uninitialized (lazy) parameter: run "
+                                    f"a dummy forward before applying spectral norm")
     if not isinstance(weight, torch.Tensor):
         raise ValueError(f"module {type(module).__name__} has no parameter or buffer named {name!r}")
-    if not weight.is_floating_point():
-        raise TypeError(f"{type(module).__name__}.{name} must be floating point, got {weight.dtype}")
+    if not (weight.is_floating_point() or weight.is_complex()):
+        raise SpectralNormDtypeError(f"{type(module).__name__}.{name} must be floating point or complex, "
+                                     f"got {weight.dtype}")
     if dim is not None:
-        _check_int(dim, "dim", -10**9)
+        dim = check_int(dim, "dim")
         if weight.ndim and not -weight.ndim <= dim < weight.ndim:
-            raise ValueError(f"dim must be in [{-weight.ndim}, {weight.ndim - 1}] for the {weight.ndim}-d "
-                             f"{type(module).__name__}.{name}, got {dim}")
-    return weight
+            raise SpectralNormDimError(f"dim must be in [{-weight.ndim}, {weight.ndim - 1}] for the "
+                                       f"{weight.ndim}-d {type(module).__name__}.{name}, got {dim}")
+    return weight, n_power_iterations, eps, dim
 
 
 # ---------------------------------------------------------------------------------------------
@@ -164,28 +223,53 @@ def spectral_norm(module, name="weight", n_power_iterations=1, eps=1e-12, dim=No
     weight access in training mode, none in eval mode, 15 at registration. Gradients flow through
     W only. 1-D weights are simply normalized. ``state_dict`` keys and registration RNG draws are
     torch's, so checkpoints load both ways; checkpoints of the legacy ``torch.nn.utils.spectral_norm``
-    (``weight_orig``, ``weight_u``, ``weight_v``) load too.
+    (``weight_orig``, ``weight_u``, ``weight_v``, or the oldest ``weight_orig``, ``weight_u``,
+    ``weight``) load too. As in torch, registering it twice on one weight stacks a second
+    parametrization (``...weight.1._u``), and complex weights work (they run the eager code).
+    Errors are torch's types (a ``dim`` out of range is an IndexError, also a ValueError).
 
     Example::
 
         >>> D = nn.Sequential(fg.spectral_norm(nn.Conv2d(3, 64, 4, 2, 1)), nn.LeakyReLU(0.2))
         >>> D.state_dict().keys()   # '0.parametrizations.weight.original', '0.parametrizations.weight.0._u', ...
     """
-    weight = _check_args(module, name, n_power_iterations, eps, dim, backend)
-    n_power_iterations, eps = int(n_power_iterations), float(eps)  # numpy scalars are accepted, not stored
+    weight, n_power_iterations, eps, dim = _check_args(module, name, n_power_iterations, eps, dim, backend)
     if dim is None:
         dim = 1 if isinstance(module, _TRANSPOSED) else 0
     sn = _SpectralNorm(weight, n_power_iterations, int(dim), eps, backend)
     parametrize.register_parametrization(module, name, sn)
-    module.register_load_state_dict_pre_hook(_LegacyKeys(name))
+    if not any(isinstance(_unwrap(h), _LegacyKeys) and _unwrap(h).name == name
+               for h in module._load_state_dict_pre_hooks.values()):
+        module.register_load_state_dict_pre_hook(_LegacyKeys(name))
     return module
 
 
-def _compute_current(module, name):
+def _unwrap(hook):
+    return getattr(hook, "hook", hook)
+
+
+def _value_below(plist, k):
+    """The input of ``plist[k]``: the originals through ``plist[0..k-1]``, no power iteration
+    anywhere (every parametrization is evaluated in eval mode, its mode restored after)."""
+    if plist.is_tensor:
+        args = [plist.original]
+    else:
+        args = [getattr(plist, f"original{i}") for i in range(plist.ntensors)]
+    below = list(plist)[:k]
+    modes = [m.training for m in below]
+    try:
+        x = args[0]
+        for i, m in enumerate(below):
+            m.eval()
+            x = m(*args) if i == 0 else m(x)
+        return x
+    finally:
+        for m, t in zip(below, modes):
+            m.train(t)
+
+
+def _compute_current(sn, w):
     """W / sigma from the current buffers, no power iteration (what eval mode returns)."""
-    plist = module.parametrizations[name]
-    sn = plist[0]
-    w = plist.original
     if w.ndim == 1:
         return F.normalize(w, dim=0, eps=sn.eps)
     u, v = sn._u, sn._v
@@ -195,7 +279,11 @@ def _compute_current(module, name):
 def remove_spectral_norm(module, name="weight"):
     """Remove the spectral norm of ``module.<name>``, leaving a plain parameter equal to the current
     ``W / sigma`` (sigma from the current u, v; no power iteration). The parameter object is kept, so
-    an optimizer holding it still works.
+    an optimizer holding it still works. Where other parametrizations share the weight (spectral
+    norm stacked over ``weight_norm``, or twice), only the last spectral norm goes: the value it
+    produced is written back through those below it (their ``right_inverse``), the rest stay. The
+    weight is then unchanged where those inverses are exact (weight_norm's); a spectral norm's
+    right_inverse is the identity (torch's), so below one the value becomes its original.
 
     Example::
 
@@ -204,19 +292,36 @@ def remove_spectral_norm(module, name="weight"):
         True
     """
     if not isinstance(module, nn.Module):
-        raise TypeError(f"module must be a torch.nn.Module, got {type(module).__name__}")
-    if not (parametrize.is_parametrized(module, name) and len(module.parametrizations[name]) == 1
-            and _is_sn(module.parametrizations[name][0])):
+        raise SpectralNormModuleError(f"module must be a torch.nn.Module, got {type(module).__name__}")
+    ks = ([k for k, p in enumerate(module.parametrizations[name]) if _is_sn(p)]
+          if parametrize.is_parametrized(module, name) else [])
+    if not ks:
         raise ValueError(f"spectral_norm of {name!r} not found in {type(module).__name__}")
+    plist, k = module.parametrizations[name], ks[-1]
+    sn = plist[k]
     with torch.no_grad():
-        w_sn = _compute_current(module, name)
-    module.parametrizations[name][0]._removed = True
-    parametrize.remove_parametrizations(module, name, leave_parametrized=False)
-    with torch.no_grad():
-        getattr(module, name).copy_(w_sn)
-    for k, hook in list(module._load_state_dict_pre_hooks.items()):
-        if isinstance(getattr(hook, "hook", hook), _LegacyKeys) and getattr(hook, "hook", hook).name == name:
-            del module._load_state_dict_pre_hooks[k]
+        w_sn = _compute_current(sn, _value_below(plist, k))
+    if isinstance(sn, _SpectralNorm):
+        sn._removed = True
+    if len(plist) == 1:
+        parametrize.remove_parametrizations(module, name, leave_parametrized=False)
+        with torch.no_grad():
+            getattr(module, name).copy_(w_sn)
+    else:
+        with torch.no_grad():  # write W / sigma back through the parametrizations below
+            value = w_sn
+            for m in reversed(list(plist)[:k]):
+                value = m.right_inverse(value)
+            if plist.is_tensor:
+                plist.original.copy_(value)
+            else:
+                for i, t in enumerate(value):
+                    getattr(plist, f"original{i}").copy_(t)
+        del plist[k]
+    if _find_sn(module, name) is None:
+        for key, hook in list(module._load_state_dict_pre_hooks.items()):
+            if isinstance(_unwrap(hook), _LegacyKeys) and _unwrap(hook).name == name:
+                del module._load_state_dict_pre_hooks[key]
     return module
 
 
@@ -227,16 +332,38 @@ class _BatchedPowerIteration:
     ``load_state_dict`` may replace them, and attribute access costs microseconds per layer."""
 
     def __init__(self, layers):
-        self.layers = layers  # [(ParametrizationList, _SpectralNorm)]
+        self.layers = layers  # [(module, ParametrizationList, _SpectralNorm)]
+        self.handles = []  # of this hook and of clear(), removed once no layer is left
+
+    def prune(self):
+        """Forget the layers whose spectral norm is gone (fg.remove_spectral_norm, torch's
+        remove_parametrizations, a re-registration); with none left, unregister from the model.
+        Returns whether any layer is left."""
+        def alive(m, plist, sn):
+            pd = m._modules.get("parametrizations")
+            return (not sn._removed and pd is not None and pd._modules.get("weight") is plist
+                    and sn in plist._modules.values())
+        live = [layer for layer in self.layers if alive(*layer)]
+        if len(live) != len(self.layers):
+            for m, _, sn in self.layers:
+                sn._handed[0] = None
+            self.layers = live
+        if not live:
+            for h in self.handles:
+                h.remove()
+            self.handles.clear()
+        return bool(live)
 
     def __call__(self, model, args):
+        if not self.prune():
+            return
         groups = {}
-        for plist, sn in self.layers:
-            if sn._removed:
-                continue
+        for _, plist, sn in self.layers:
             w = plist._parameters["original"]
-            if isinstance(w, _DTensor):
-                continue  # FSDP unshards it only when its own module runs; the layer iterates itself then
+            if isinstance(w, _DTensor) or w.is_complex():
+                # FSDP unshards a DTensor only when its own module runs, and complex weights run
+                # torch's eager code: such layers iterate themselves when accessed
+                continue
             n = sn.n_power_iterations if sn.training else 0
             key = (w.device, w.dtype, n, sn.eps, sn.backend)
             groups.setdefault(key, []).append((w, sn))
@@ -255,7 +382,7 @@ class _BatchedPowerIteration:
 
     def clear(self, model, args, output):
         # a layer that the forward did not use must not pick up a stale W / sigma later
-        for _, sn in self.layers:
+        for _, _, sn in self.layers:
             sn._handed[0] = None
 
 
@@ -268,7 +395,10 @@ def apply_spectral_norm(model, *, n_power_iterations=1, eps=1e-12, backend="auto
     order, so the RNG draws match applying torch's spectral_norm in that order). Each forward of
     ``model`` advances every layer by ``n_power_iterations`` in training mode (a layer used twice
     in one forward gets one more iteration at its second use, as in torch; a layer not used in a
-    forward still advances). Layers already parametrized on ``weight`` are left as they are.
+    forward still advances). Layers already parametrized on ``weight``, or carrying the legacy
+    ``torch.nn.utils.spectral_norm`` hook, are left as they are. Once no layer is left normalized
+    (``fg.remove_spectral_norm`` or torch's ``remove_parametrizations`` on each), the model's hooks
+    go at its next forward or ``apply_spectral_norm`` call, which then applies afresh.
 
     Example::
 
@@ -277,20 +407,25 @@ def apply_spectral_norm(model, *, n_power_iterations=1, eps=1e-12, backend="auto
         >>> loss.backward()
     """
     if not isinstance(model, nn.Module):
-        raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
-    if any(isinstance(h, _BatchedPowerIteration) for h in model._forward_pre_hooks.values()):
-        raise ValueError(f"apply_spectral_norm was already applied to this {type(model).__name__}")
-    n_power_iterations = _check_int(n_power_iterations, "n_power_iterations", 1)
-    _validate.check_real(eps, "eps", positive=True, finite=True)
+        raise SpectralNormModuleError(f"model must be a torch.nn.Module, got {type(model).__name__}")
+    for h in list(model._forward_pre_hooks.values()):
+        if isinstance(h, _BatchedPowerIteration) and h.prune():
+            raise ValueError(f"apply_spectral_norm was already applied to this {type(model).__name__} "
+                             f"({len(h.layers)} layers still normalized)")
+    n_power_iterations = check_int(n_power_iterations, "n_power_iterations", low=1)
+    # layers with a spectral norm (or any parametrization) on their weight, fastgan's or torch's,
+    # new or legacy, are left as they are
+    targets = [m for m in model.modules() if isinstance(m, _SN_TYPES)
+               and not parametrize.is_parametrized(m, "weight") and not _has_legacy_sn(m, "weight")]
+    eps = check_real(eps, "eps", positive=True, finite=True)
     _check_name(backend)
-    targets = [m for m in model.modules() if isinstance(m, _SN_TYPES) and not parametrize.is_parametrized(m, "weight")]
     for m in targets:  # validate all before modifying any
         _check_args(m, "weight", n_power_iterations, eps, None, backend)
     layers = []
     for m in targets:
         spectral_norm(m, "weight", n_power_iterations, eps, backend=backend)
-        layers.append((m.parametrizations.weight, m.parametrizations.weight[0]))
+        layers.append((m, m.parametrizations.weight, m.parametrizations.weight[0]))
     hook = _BatchedPowerIteration(layers)
-    model.register_forward_pre_hook(hook)
-    model.register_forward_hook(hook.clear, always_call=True)
+    hook.handles = [model.register_forward_pre_hook(hook),
+                    model.register_forward_hook(hook.clear, always_call=True)]
     return model

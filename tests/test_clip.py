@@ -23,13 +23,26 @@ def small_triton_chunks(monkeypatch):
         monkeypatch.setattr(clip, "BLOCK", 16)
 
 
+@pytest.fixture(autouse=True)
+def cpu_threads_by_work():
+    """The CPU kernel splits a list between threads by work (csrc/cpu/clip.cpp), unless timing says
+    one thread is faster: tests pin the split so that ranges starting inside tensors are exercised."""
+    if not fg.backends()["cpu"]["available"]:
+        yield
+        return
+    prev = torch.ops.fastgan.clip_cpu_threading("parallel")
+    yield
+    torch.ops.fastgan.clip_cpu_threading(prev)
+
+
 def chunk_of(backend):
     """Elements per parallel piece of the backend's kernel: sizes around it are the edge cases.
 
-    cpu: the per-thread grain of csrc/cpu/clip.cpp; a list above it is split between threads at
-    element ranges that start inside a tensor. cuda: elements per block. triton: CHUNK as patched.
+    cpu: the per-thread grain of csrc/cpu/clip.cpp (128 KiB: 32768 float32 elements); a list above
+    it is split between threads at element ranges that start inside a tensor. cuda: elements per
+    block. triton: CHUNK as patched.
     """
-    return {"cpu": 1 << 20, "cuda": 65536, "triton": 64}.get(backend, 64)
+    return {"cpu": 32768, "cuda": 65536, "triton": 64}.get(backend, 64)
 
 
 def rand(shape, dtype, device, gen, layout="contiguous"):
@@ -346,3 +359,187 @@ def test_torch_compile_fullgraph(backend):
     torch.compile(run, fullgraph=True, backend="aot_eager")(ws)
     for w, e in zip(ws, want):
         assert_same(w, e)
+
+
+# --------------------------------------------------------------------------------------------
+# issue 16: bounds only in the dtypes present; every item checked before any write
+@pytest.mark.parametrize("backend,device", BACKEND_DEVICES, ids=IDS)
+@pytest.mark.parametrize("dtype,clip_value", [(torch.float32, 7e4), (torch.float32, (-1e5, 0.01)),
+                                              (torch.float64, 1e39), (torch.float64, (-1e300, 1e-300)),
+                                              (torch.bfloat16, (-1e5, 0.01))], ids=repr)
+def test_bounds_not_converted_to_absent_dtypes(backend, device, dtype, clip_value):
+    gen = torch.Generator().manual_seed(2)
+    x = (torch.randn(50, generator=gen, dtype=torch.float64) * 1e5).to(device, dtype)
+    check_clip([x], clip_value, backend)
+
+
+@pytest.mark.parametrize("backend,device", BACKEND_DEVICES, ids=IDS)
+def test_bound_beyond_a_present_dtype_raises_before_any_write(backend, device):
+    a = torch.full((4,), 1e5, device=device)
+    h = torch.full((4,), 2.0, device=device, dtype=torch.float16)
+    for bad in [7e4, (-1e5, 1.0)]:
+        with pytest.raises(fg.ClipError, match=r"parameters\[1\].*float16.*overflow"):
+            fg.clip_weights_([a, h], bad, backend=backend)
+        assert isinstance(fg.ClipError("x"), RuntimeError)  # eager clamp_ raises RuntimeError here
+    assert_same(a, torch.full((4,), 1e5, device=device))
+    assert_same(h, torch.full((4,), 2.0, device=device, dtype=torch.float16))
+
+
+@pytest.mark.parametrize("backend,device", BACKEND_DEVICES, ids=IDS)
+@pytest.mark.parametrize("third", ["inference", "expanded"])
+def test_whole_list_checked_before_any_write(backend, device, third):
+    big = torch.full((6, 8), 5.0, device=device)
+    dense = torch.full((10,), 5.0, device=device)
+    if third == "inference":
+        with torch.inference_mode():
+            bad = torch.full((3,), 5.0, device=device)
+        msg = r"parameters\[2\].*inference"
+    else:
+        bad = torch.full((1,), 5.0, device=device).expand(4)
+        msg = r"parameters\[2\].*share memory"
+    items = [big[:, ::2], dense, bad]
+    with pytest.raises(fg.ClipError, match=msg):
+        fg.clip_weights_(items, 1.0, backend=backend)
+    assert_same(big, torch.full((6, 8), 5.0, device=device))
+    assert_same(dense, torch.full((10,), 5.0, device=device))
+    if third == "inference":  # inside inference mode, as eager clamp_, it is allowed
+        with torch.inference_mode():
+            fg.clip_weights_(items, 1.0, backend=backend)
+        assert float(bad.max()) == 1.0 and float(big[:, 1].max()) == 5.0
+
+
+@pytest.mark.skipif(not fg.backends()["cpu"]["available"], reason=fg.backends()["cpu"]["reason"])
+def test_cpu_op_refuses_what_eager_refuses():
+    x = torch.full((3,), 5.0)
+    with pytest.raises(ValueError, match=r"tensors\[1\].*share memory"):
+        torch.ops.fastgan.clip_weights_([x, torch.zeros(1).expand(3)], -1.0, 1.0)
+    with pytest.raises(ValueError, match=r"tensors\[1\].*Half.*overflow"):
+        torch.ops.fastgan.clip_weights_([x, torch.zeros(2, dtype=torch.half)], -7e4, 1.0)
+    assert_same(x, torch.full((3,), 5.0))
+    torch.ops.fastgan.clip_weights_([x], -7e4, 1.0)  # no half tensor: fine
+    assert_same(x, torch.ones(3))
+
+
+# --------------------------------------------------------------------------------------------
+# issue 13: the CPU kernel's ISA and threading
+@pytest.mark.skipif(not fg.backends()["cpu"]["available"], reason=fg.backends()["cpu"]["reason"])
+def test_cpu_kernel_follows_torchs_isa():
+    """The clamp loop runs the ISA torch's kernels run (ATEN_CPU_CAPABILITY included), where built."""
+    import subprocess
+    import sys
+
+    code = "import torch, fastgan; print(torch.backends.cpu.get_cpu_capability(), torch.ops.fastgan.clip_cpu_isa())"
+    import os
+    for cap in [None, "avx2", "default"]:
+        env = dict(os.environ)
+        if cap:
+            env["ATEN_CPU_CAPABILITY"] = cap
+        torch_isa, ours = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True,
+                                         check=True).stdout.split()
+        if torch_isa == "AVX512":
+            with open("/proc/cpuinfo") as f:
+                flags = set(next(line for line in f if line.startswith("flags")).split(":")[1].split())
+            if {"avx512f", "avx512bw", "avx512vl", "avx512dq"} <= flags and os.environ.get("FASTGAN_NO_AVX512") != "1":
+                assert ours == "AVX512"
+        else:
+            assert ours in (torch_isa, "AVX2")  # the build's base ISA never exceeds what torch allows but AVX2
+            assert ours != "AVX512"
+
+
+@pytest.mark.skipif(not fg.backends()["cpu"]["available"], reason=fg.backends()["cpu"]["reason"])
+@pytest.mark.parametrize("mode", ["adaptive", "serial", "parallel"])
+def test_threading_modes_give_eager_results(mode):
+    torch.ops.fastgan.clip_cpu_threading(mode)
+    gen = torch.Generator().manual_seed(9)
+    shapes = [(64, 3, 4, 4), (64,), (128, 64, 4, 4), (128,), (3, 7), (50000,)]
+    tensors = [rand(s, dt, "cpu", gen) for s in shapes for dt in (torch.float32, torch.bfloat16)]
+    for _ in range(3):  # adaptive: timed runs of both choices
+        check_clip(tensors, 0.01, "cpu")
+    with pytest.raises(ValueError, match="mode"):
+        torch.ops.fastgan.clip_cpu_threading("fast")
+
+
+# --------------------------------------------------------------------------------------------
+# issue 16: WeightClipper lifecycle
+def test_weight_clipper_refuses_a_consumed_generator():
+    D = make_critic("cpu")
+    params = D.parameters()
+    torch.optim.RMSprop(params, lr=5e-5)  # consumes the generator
+    with pytest.raises(ValueError, match="parameters.*empty"):
+        fg.WeightClipper(params, 0.01)
+    with pytest.raises(ValueError, match="parameters"):
+        fg.WeightClipper([], 0.01)
+    with pytest.raises(ValueError, match="skip_1d"):
+        fg.WeightClipper([torch.zeros(3)], 0.01, skip_1d=True)
+
+
+def test_weight_clipper_checks_backend_and_items_at_construction():
+    x = torch.zeros(3)
+    with pytest.raises(ValueError, match="'bogus'"):
+        fg.WeightClipper([x], 0.01, backend="bogus")
+    with pytest.raises(TypeError, match=r"parameters\[1\]"):
+        fg.WeightClipper([x, torch.arange(3)], 0.01)
+    with pytest.raises(fg.ClipError, match="overflow"):
+        fg.WeightClipper([x.half()], 7e4)
+    with pytest.raises(TypeError, match="skip_1d"):
+        fg.WeightClipper([x], 0.01, skip_1d=1)
+
+
+def test_weight_clipper_attach_is_idempotent_and_reports_its_optimizers():
+    D = make_critic("cpu")
+    opt = torch.optim.RMSprop(D.parameters(), lr=5e-3)
+    c = fg.WeightClipper(D.parameters(), 0.01).attach(opt).attach(opt)
+    assert c.attached == [opt] and "attached=1" in repr(c)
+    assert len(opt._optimizer_step_post_hooks) == 1
+    c.detach()
+    assert c.attached == [] and "attached=0" in repr(c) and len(opt._optimizer_step_post_hooks) == 0
+
+
+@pytest.mark.parametrize("how", ["pickle", "deepcopy-together", "deepcopy-alone"])
+def test_copied_attached_clipper_clips_its_optimizers_copy(how):
+    import pickle
+
+    D = make_critic("cpu")
+    opt = torch.optim.RMSprop(D.parameters(), lr=5e-3)
+    clipper = fg.WeightClipper(D.parameters(), 0.01).attach(opt)
+    if how == "pickle":
+        D2, opt2, c2 = pickle.loads(pickle.dumps((D, opt, clipper)))
+    elif how == "deepcopy-together":
+        D2, opt2, c2 = copy.deepcopy((D, opt, clipper))
+    else:
+        c2 = copy.deepcopy(clipper)
+        opt2 = c2.attached[0]
+        D2 = None
+    assert len(c2.attached) == 1 and c2.attached[0] is opt2 and opt2 is not opt
+    assert all(any(p is q for q in opt2.param_groups[0]["params"]) for p in c2.params)
+    if D2 is not None:
+        assert all(p is q for p, q in zip(c2.params, D2.parameters()))
+    # the copy clips after its optimizer's steps, the original after the original's
+    gen = torch.Generator().manual_seed(4)
+    for p in c2.params:
+        p.grad = torch.randn(p.shape, generator=gen)
+    opt2.step()
+    assert max(float(p.abs().max()) for p in c2.params) <= 0.01
+    assert len(opt._optimizer_step_post_hooks) == 1
+
+
+def test_use_backend_object_reenterable():
+    ctx = fg.use_backend("reference")
+    assert fg.get_backend() == "auto"
+    with ctx:
+        assert fg.get_backend() == "reference"
+        with ctx:  # nested
+            assert fg.get_backend() == "reference"
+        assert fg.get_backend() == "reference"
+    assert fg.get_backend() == "auto"
+    with ctx:  # again later
+        assert fg.get_backend() == "reference"
+    assert fg.get_backend() == "auto"
+
+    @fg.use_backend("reference")
+    def inner():
+        return fg.get_backend()
+
+    assert inner() == "reference" and inner() == "reference" and fg.get_backend() == "auto"
+    with pytest.raises(ValueError, match="'bogus'"):
+        fg.use_backend("bogus")

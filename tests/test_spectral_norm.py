@@ -344,13 +344,15 @@ def test_deepcopy_to_dtype_and_train_eval():
     (lambda: fg.spectral_norm(nn.Linear(3, 3), n_power_iterations=1.5), TypeError, "n_power_iterations"),
     (lambda: fg.spectral_norm(nn.Linear(3, 3), eps=0.0), ValueError, "eps"),
     (lambda: fg.spectral_norm(nn.Linear(3, 3), eps=-1e-3), ValueError, "eps"),
+    (lambda: fg.spectral_norm(nn.Linear(3, 3), dim=2), IndexError, "dim"),
+    (lambda: fg.spectral_norm(nn.Linear(3, 3), dim=-3), IndexError, "dim"),
     (lambda: fg.spectral_norm(nn.Linear(3, 3), dim=2), ValueError, "dim"),
-    (lambda: fg.spectral_norm(nn.Linear(3, 3), dim=-3), ValueError, "dim"),
     (lambda: fg.spectral_norm(nn.LazyLinear(3)), ValueError, "uninitialized"),
+    (lambda: fg.spectral_norm(nn.LazyLinear(3)), RuntimeError, "uninitialized"),
+    (lambda: fg.spectral_norm("linear"), ValueError, "module"),
+    (lambda: fg.spectral_norm(nn.Linear(3, 3), eps="1e-12"), TypeError, "eps"),
     (lambda: fg.spectral_norm(nn.Linear(3, 3), backend="gpu"), ValueError, "backend"),
     (lambda: fg.spectral_norm("linear"), TypeError, "module"),
-    (lambda: fg.spectral_norm(fg.spectral_norm(nn.Linear(3, 3))), ValueError, "already"),
-    (lambda: fg.spectral_norm(torch_sn(nn.Linear(3, 3))), ValueError, "already"),
     (lambda: fg.spectral_norm(torch.nn.utils.spectral_norm(nn.Linear(3, 3))), ValueError, "already"),
     (lambda: fg.remove_spectral_norm(nn.Linear(3, 3)), ValueError, "not found"),
     (lambda: fg.apply_spectral_norm(fg.apply_spectral_norm(nn.Sequential(nn.Linear(2, 2)))), ValueError, "already"),
@@ -359,6 +361,220 @@ def test_deepcopy_to_dtype_and_train_eval():
 def test_bad_input(call, err, match):
     with pytest.raises(err, match=match):
         call()
+
+
+class IntWeight(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.register_buffer("weight", torch.ones(3, 3, dtype=torch.long))
+
+
+@pytest.mark.parametrize("call", [
+    lambda sn: sn(nn.Linear(3, 3), dim=2),
+    lambda sn: sn(nn.Linear(3, 3), dim=-3),
+    lambda sn: sn(nn.Linear(3, 3), n_power_iterations=0),
+    lambda sn: sn(nn.Linear(3, 3), name="nope"),
+    lambda sn: sn("linear"),
+    lambda sn: sn(nn.LazyLinear(3)),
+    lambda sn: sn(IntWeight()),
+    lambda sn: sn(torch.nn.utils.spectral_norm(nn.Linear(3, 3))),
+], ids=["dim", "dim-neg", "n_iter", "name", "module", "lazy", "int", "legacy-hook"])
+def test_errors_are_of_torchs_types(call):
+    """Code written against torch's spectral_norm catches fastgan's errors with the same except."""
+    with pytest.raises(Exception) as torch_err:
+        call(torch_sn)
+    with pytest.raises(Exception) as fg_err:
+        call(fg.spectral_norm)
+    assert isinstance(fg_err.value, type(torch_err.value)), (type(fg_err.value), type(torch_err.value))
+    assert isinstance(fg_err.value, (TypeError, ValueError))  # and fastgan's own contract
+
+
+def test_numpy_integers_accepted():
+    np = pytest.importorskip("numpy")
+    torch.manual_seed(0)
+    m = fg.spectral_norm(nn.Linear(4, 3), n_power_iterations=np.int64(2), dim=np.int32(0))
+    assert m.parametrizations.weight[0].n_power_iterations == 2 and type(m.parametrizations.weight[0].dim) is int
+
+
+# --------------------------------------------------------------------------------------------
+# like torch: stacking, complex weights
+@pytest.mark.parametrize("first", ["torch", "fastgan"])
+def test_stacked_twice_matches_torch(first):
+    torch.manual_seed(0)
+    a = nn.Conv2d(3, 5, 3).double()
+    b = copy.deepcopy(a)
+    torch.manual_seed(1)
+    torch_sn(torch_sn(a, n_power_iterations=2))
+    torch.manual_seed(1)
+    (torch_sn if first == "torch" else fg.spectral_norm)(b, n_power_iterations=2)
+    fg.spectral_norm(b)
+    assert list(b.state_dict()) == list(a.state_dict())
+    assert "parametrizations.weight.1._u" in a.state_dict()
+    for k in range(3):  # training steps, then eval
+        x = torch.randn(2, 3, 6, 6, dtype=torch.double)
+        assert rel_err(b(x), a(x)) <= 1e-10, k
+    for (ka, ta), (kb, tb) in zip(a.state_dict().items(), b.state_dict().items()):
+        assert rel_err(tb, ta) <= 1e-10, ka
+    a.eval()
+    b.eval()
+    assert rel_err(b.weight, a.weight) <= 1e-10
+
+
+def crel(a, b):
+    """Relative error of complex tensors (conftest's rel_err compares real parts)."""
+    a, b = a.detach().to(torch.complex128), b.detach().to(torch.complex128)
+    return float((a - b).abs().max() / b.abs().max().clamp_min(1e-300))
+
+
+@pytest.mark.parametrize("dtype", [torch.complex128, torch.complex64])
+def test_complex_weight_matches_torch(dtype):
+    tol = 1e-10 if dtype == torch.complex128 else 1e-5
+    a, b = twin(lambda: nn.Linear(6, 5), dtype, "auto", n_iter=2)
+    assert b.parametrizations.weight[0]._u.dtype == dtype
+    for _ in range(3):
+        x = torch.randn(4, 6, dtype=dtype)
+        assert crel(b(x), a(x)) <= tol
+    for x_, y_ in zip(sn_state(a), sn_state(b)):
+        assert crel(y_, x_) <= tol
+    # gradients flow like torch's
+    x = torch.randn(4, 6, dtype=dtype)
+    a(x).abs().sum().backward()
+    b(x).abs().sum().backward()
+    assert crel(b.parametrizations.weight.original.grad, a.parametrizations.weight.original.grad) <= tol
+    # and inside a batched model
+    torch.manual_seed(3)
+    m = nn.Sequential(nn.Linear(6, 5), nn.Linear(5, 2)).to(dtype)
+    m2 = copy.deepcopy(m)
+    torch.manual_seed(4)
+    for layer in m:
+        torch_sn(layer)
+    torch.manual_seed(4)
+    fg.apply_spectral_norm(m2)
+    for _ in range(2):
+        x = torch.randn(3, 6, dtype=dtype)
+        assert crel(m2(x), m(x)) <= tol
+
+
+def test_oldest_legacy_layout_loads_like_torch():
+    """Checkpoints from before torch's version-1 layout: weight_orig, weight_u and weight (W / sigma),
+    no weight_v; torch solves for v (its SpectralNormLoadStateDictPreHook), so must fastgan."""
+    torch.manual_seed(0)
+    legacy = torch.nn.utils.spectral_norm(nn.Linear(7, 5).double())
+    for _ in range(3):
+        legacy(torch.randn(2, 7, dtype=torch.double))
+    sd = legacy.state_dict()
+    sd["weight"] = legacy.weight.detach().clone()
+    del sd["weight_v"]
+    del sd._metadata[""]["spectral_norm"]  # no version: the oldest layout
+    torch.manual_seed(5)
+    ref = torch.nn.utils.spectral_norm(nn.Linear(7, 5).double())
+    ref.load_state_dict(copy.deepcopy(sd))
+    m = fg.spectral_norm(nn.Linear(7, 5).double())
+    m.load_state_dict(copy.deepcopy(sd))
+    assert rel_err(m.parametrizations.weight[0]._v, ref.weight_v) <= 1e-12
+    ref.eval()
+    m.eval()
+    x = torch.randn(3, 7, dtype=torch.double)
+    assert rel_err(m(x), ref(x)) <= 1e-12
+    assert rel_err(m.weight, legacy.weight) <= 1e-8  # sigma recovered from W / sigma
+
+
+# --------------------------------------------------------------------------------------------
+# lifecycle: hooks come and go with the layers they normalize
+def small_critic():
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Conv2d(3, 4, 3), nn.LeakyReLU(0.2), nn.Flatten(), nn.Linear(4 * 4 * 4, 1))
+
+
+def fg_hooks(model):
+    pre = [h for h in model._forward_pre_hooks.values() if type(h).__name__ == "_BatchedPowerIteration"]
+    post = [h for h in model._forward_hooks.values() if type(getattr(h, "__self__", None)).__name__
+            == "_BatchedPowerIteration"]
+    return pre + post
+
+
+@pytest.mark.parametrize("remover", ["fastgan", "torch"])
+def test_reapply_after_removing_every_layer(remover):
+    D = fg.apply_spectral_norm(small_critic())
+    x = torch.randn(2, 3, 6, 6)
+    D(x)
+    for layer in (D[0], D[3]):
+        if remover == "fastgan":
+            fg.remove_spectral_norm(layer)
+        else:
+            parametrize.remove_parametrizations(layer, "weight")
+    D(x)  # no fastgan hook runs on removed layers; the hooks go
+    assert fg_hooks(D) == []
+    assert all(not parametrize.is_parametrized(m) for m in D)
+    fg.apply_spectral_norm(D)  # applies afresh
+    assert len(fg_hooks(D)) == 2
+    assert parametrize.is_parametrized(D[0], "weight") and parametrize.is_parametrized(D[3], "weight")
+    D(x).sum().backward()
+
+
+def test_reapply_right_after_torch_remove_without_a_forward():
+    D = fg.apply_spectral_norm(small_critic())
+    for layer in (D[0], D[3]):
+        parametrize.remove_parametrizations(layer, "weight")
+    fg.apply_spectral_norm(D)
+    assert len(fg_hooks(D)) == 2
+    # the stale layer hooks do not interfere with a plain state_dict round trip
+    D2 = small_critic()
+    D2.load_state_dict(small_critic().state_dict())
+
+
+def test_partial_removal_still_refuses_reapply_and_keeps_the_rest():
+    D = fg.apply_spectral_norm(small_critic())
+    fg.remove_spectral_norm(D[0])
+    with pytest.raises(ValueError, match="already applied.*1 layers"):
+        fg.apply_spectral_norm(D)
+    D(torch.randn(2, 3, 6, 6))
+    assert parametrize.is_parametrized(D[3]) and not parametrize.is_parametrized(D[0])
+
+
+def test_model_with_legacy_spectral_norm_layer_is_skipped_like_parametrized_ones():
+    torch.manual_seed(0)
+    D = nn.Sequential(torch.nn.utils.spectral_norm(nn.Linear(5, 6)), nn.ReLU(), torch_sn(nn.Linear(6, 4)),
+                      nn.Linear(4, 1))
+    fg.apply_spectral_norm(D)
+    assert not parametrize.is_parametrized(D[0])  # the legacy hook still does its job
+    assert "weight_orig" in dict(D[0].named_parameters())
+    assert isinstance(D[2].parametrizations.weight[0], torch.nn.utils.parametrizations._SpectralNorm)
+    assert parametrize.is_parametrized(D[3], "weight")
+    D(torch.randn(3, 5)).sum().backward()
+
+
+def test_remove_over_weight_norm_keeps_weight_norm():
+    torch.manual_seed(0)
+    m = fg.spectral_norm(torch.nn.utils.parametrizations.weight_norm(nn.Linear(6, 4).double()))
+    for _ in range(2):
+        m(torch.randn(2, 6, dtype=torch.double))
+    m.eval()
+    want = m.weight.detach().clone()
+    g = m.parametrizations.weight.original0
+    fg.remove_spectral_norm(m)
+    plist = m.parametrizations.weight
+    assert len(plist) == 1 and type(plist[0]).__name__ == "_WeightNorm"
+    assert m.parametrizations.weight.original0 is g  # parameter objects kept
+    assert rel_err(m.weight, want) <= 1e-12
+    assert set(m.state_dict()) == {"bias", "parametrizations.weight.original0", "parametrizations.weight.original1"}
+
+
+def test_remove_one_of_two_stacked():
+    torch.manual_seed(0)
+    m = fg.spectral_norm(fg.spectral_norm(nn.Linear(6, 4).double()))
+    m(torch.randn(2, 6, dtype=torch.double))
+    m.eval()
+    want = m.weight.detach().clone()
+    fg.remove_spectral_norm(m)
+    assert len(m.parametrizations.weight) == 1
+    # the top one's W / sigma goes back through the one below, whose right_inverse is the identity
+    # (torch's): it becomes that one's original
+    assert rel_err(m.parametrizations.weight.original, want) <= 1e-12
+    fg.remove_spectral_norm(m)
+    assert not parametrize.is_parametrized(m)
+    assert m._load_state_dict_pre_hooks == {} or all(
+        type(getattr(h, "hook", h)).__name__ != "_LegacyKeys" for h in m._load_state_dict_pre_hooks.values())
 
 
 def test_nothing_modified_on_error():

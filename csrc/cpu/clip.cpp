@@ -1,118 +1,220 @@
 // CPU kernel of weight clipping: one call clamps a whole parameter list in place, in a single
-// vectorized pass (min and max together) split across threads by element ranges, so one huge
-// tensor and a thousand tiny ones both keep every core busy with one parallel region.
+// vectorized pass (min and max together), split across threads by element ranges (one parallel
+// region sized by the work, or one thread where timing says so: see run_adaptive), so one huge
+// tensor and a thousand tiny ones cost one dispatch.
+//
+// The clamp loop (clip_kernel.h) is compiled once per ISA, like torch's kernels: here with the
+// build's flags (AVX2 on an AVX2 machine) and in clip_avx512.cpp for AVX-512; the copy is picked
+// once, at the first call, from torch's own choice (at::get_cpu_capability(), which honours
+// ATEN_CPU_CAPABILITY) and the CPU's.
 #include <ATen/Parallel.h>
+#include <ATen/Version.h>
 #include <ATen/core/Tensor.h>
-#include <ATen/cpu/vec/vec.h>
 #include <ATen/ops/clamp.h>
 #include <torch/library.h>
 
 #include <algorithm>
+#include <atomic>
+#include <chrono>
+#include <string>
 #include <vector>
 
 #include "../clip.h"
 
+#define FASTGAN_CLIP_NS clip_base
+#include "clip_kernel.h"
+
 namespace fastgan {
 namespace {
 
-using at::vec::Vectorized;
+// Least bytes per thread. A clamp pass is memory bound; a thread is worth waking only when its
+// share takes clearly longer than the wake-up (a few us). 128 KiB is torch's own grain for
+// elementwise ops (at::internal::GRAIN_SIZE = 32768 float32 elements), the grain of the clamp_
+// loop this kernel replaces, so both start a second thread at the same list size.
+constexpr int64_t kGrainBytes = int64_t(128) << 10;
 
-// Least elements per thread. A clamp pass is memory bound: on the 2-core build machine a second
-// thread gained nothing below ~1M in-cache fp32 elements even when idle (p10 82 us either way),
-// while waking it cost up to milliseconds when the machine was busy. Lists smaller than this run
-// on the calling thread; each thread gets a contiguous range of the concatenated list.
-constexpr int64_t kGrain = int64_t(1) << 20;
+bool cpu_has_avx512() {
+#if defined(__x86_64__) && defined(__GNUC__)
+  __builtin_cpu_init();
+  return __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
+         __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512dq");
+#else
+  return false;
+#endif
+}
 
-template <typename scalar_t>
-void clamp_span(scalar_t* p, int64_t n, scalar_t lo, scalar_t hi) {
-  using Vec = Vectorized<scalar_t>;
-  constexpr int64_t W = Vec::size();
-  int64_t i = 0;
-  if constexpr (at::vec::is_reduced_floating_point_v<scalar_t>) {
-    // the bounds are exact in float, so clamping in float then rounding back is exact too
-    const Vectorized<float> lv(static_cast<float>(lo)), hv(static_cast<float>(hi));
-    for (; i + W <= n; i += W) {
-      auto [x0, x1] = at::vec::convert_to_float<scalar_t>(Vec::loadu(p + i));
-      at::vec::convert_from_float<scalar_t>(at::vec::clamp(x0, lv, hv), at::vec::clamp(x1, lv, hv)).store(p + i);
-    }
+struct Isa {
+  ClipPieceFn fn;
+  const char* name;
+};
+
+// The base copy's ISA, from the flags this file was compiled with.
+constexpr const char* kBaseIsa =
+#if defined(CPU_CAPABILITY_AVX512)
+    "AVX512";
+#elif defined(CPU_CAPABILITY_AVX2)
+    "AVX2";
+#else
+    "DEFAULT";
+#endif
+
+const Isa& clip_isa() {
+  static const Isa isa = [] {
+#if defined(FASTGAN_CPU_AVX512)
+    if (at::get_cpu_capability() == "AVX512" && cpu_has_avx512()) return Isa{&clip_avx512::clamp_piece, "AVX512"};
+#endif
+    return Isa{&clip_base::clamp_piece, kBaseIsa};
+  }();
+  return isa;
+}
+
+std::string clip_cpu_isa() { return clip_isa().name; }
+
+// --- serial or parallel -------------------------------------------------------------------
+// A list of at least 2 grains may use several threads (as many as it has grains). Whether that
+// pays depends on the machine's state as much as on the work: an idle core wakes in microseconds,
+// but when other processes hold every core, the parallel region ends only when the woken thread
+// gets a time slice (milliseconds; torch's own clamp_ loop suffers the same). So "adaptive" (the
+// default) times both choices per size class (log2 of the list's bytes) and runs the faster,
+// re-timing the other one now and then (every 16 calls, backing off to every 256 while it
+// keeps losing). The result is the same either way (an elementwise clamp); only time differs.
+enum Threading : int { kAdaptive = 0, kSerial = 1, kParallel = 2 };
+std::atomic<int> g_threading{kAdaptive};
+
+struct SizeClass {
+  std::atomic<float> ns_per_byte[2];  // [serial, parallel]; 0: not timed yet
+  std::atomic<int32_t> calls, period;
+  std::atomic<int32_t> warm;  // 1: the last call ran parallel untimed, to wake the pool; time the next
+};
+SizeClass g_stats[64];  // zero-initialized (static storage); races between callers only blur timings
+
+template <typename Run>
+void run_adaptive(int64_t bytes, Run&& run) {
+  SizeClass& sc = g_stats[63 - __builtin_clzll(static_cast<unsigned long long>(bytes))];
+  const float rs = sc.ns_per_byte[0].load(std::memory_order_relaxed);
+  const float rp = sc.ns_per_byte[1].load(std::memory_order_relaxed);
+  const int32_t period = std::max<int32_t>(16, sc.period.load(std::memory_order_relaxed));
+  const int32_t c = sc.calls.fetch_add(1, std::memory_order_relaxed);
+  const bool warmed = sc.warm.exchange(0, std::memory_order_relaxed) != 0;
+  bool par, explore = false;
+  if (warmed) {
+    par = true, explore = rp != 0 && rs != 0;  // the timed parallel run after a warm-up
+  } else if (rp == 0 || (rs != 0 && rp > rs && c % period == period - 1)) {
+    // Time the parallel choice (first the choice by work, later as exploration). Threads that
+    // slept since their last region wake slowly; in training they rarely sleep (torch's own ops
+    // keep them busy between clips), so run once untimed to wake them, and time the next call.
+    sc.warm.store(1, std::memory_order_relaxed);
+    run(true);
+    return;
+  } else if (rs == 0) {
+    par = false;  // then the other
   } else {
-    const Vec lv(lo), hv(hi);
-    for (; i + 2 * W <= n; i += 2 * W) {
-      Vec x0 = Vec::loadu(p + i), x1 = Vec::loadu(p + i + W);
-      at::vec::clamp(x0, lv, hv).store(p + i);
-      at::vec::clamp(x1, lv, hv).store(p + i + W);
-    }
+    explore = c % period == period - 1;  // (serial, while parallel leads)
+    par = (rp <= rs) != explore;
   }
-  for (; i < n; ++i) {
-    // comparisons with NaN are false: NaN stays NaN, as in at::clamp
-    scalar_t x = p[i];
-    if (x < lo) x = lo;
-    if (x > hi) x = hi;
-    p[i] = x;
+  const auto t0 = std::chrono::steady_clock::now();
+  run(par);
+  const float r = std::chrono::duration<float, std::nano>(std::chrono::steady_clock::now() - t0).count() /
+                  static_cast<float>(bytes);
+  std::atomic<float>& est = sc.ns_per_byte[par];
+  const float old = est.load(std::memory_order_relaxed);
+  // moving average, asymmetric: timing noise only ever adds time (preemption), so a faster sample
+  // counts half and a slower one a quarter, capped at twice the estimate (a preemption is not a
+  // trend; a persistently slower choice still doubles its estimate within a few calls)
+  const float now = old == 0 ? r : r < old ? 0.5f * (old + r) : 0.75f * old + 0.25f * std::min(r, 2 * old);
+  est.store(now, std::memory_order_relaxed);
+  if (explore) {
+    const float other = sc.ns_per_byte[!par].load(std::memory_order_relaxed);
+    sc.period.store(now > other ? std::min<int32_t>(2 * period, 256) : 16, std::memory_order_relaxed);
   }
 }
 
-struct Span {
-  void* ptr;
-  int64_t begin;  // index of the span's first element in the concatenation of all spans
-  at::ScalarType dtype;
-};
+// Test and benchmark hook: "adaptive", "serial" or "parallel" (by work, always); returns the
+// previous setting; "" only queries.
+std::string clip_cpu_threading(const std::string& mode) {
+  static const char* names[] = {"adaptive", "serial", "parallel"};
+  const int prev = g_threading.load();
+  if (!mode.empty()) {
+    int m = -1;
+    for (int i = 0; i < 3; ++i)
+      if (mode == names[i]) m = i;
+    TORCH_CHECK_VALUE(m >= 0, "clip_cpu_threading: mode must be 'adaptive', 'serial' or 'parallel', got '",
+                      mode, "'");
+    g_threading.store(m);
+  }
+  return names[prev];
+}
 
-struct Bounds {
-  std::pair<double, double> f64;
-  std::pair<float, float> f32;
-  std::pair<at::Half, at::Half> f16;
-  std::pair<at::BFloat16, at::BFloat16> bf16;
-};
-
-void clamp_piece(const Span& s, int64_t off, int64_t n, const Bounds& b) {
-  switch (s.dtype) {
-    case at::kDouble:
-      return clamp_span(static_cast<double*>(s.ptr) + off, n, b.f64.first, b.f64.second);
-    case at::kFloat:
-      return clamp_span(static_cast<float*>(s.ptr) + off, n, b.f32.first, b.f32.second);
-    case at::kHalf:
-      return clamp_span(static_cast<at::Half*>(s.ptr) + off, n, b.f16.first, b.f16.second);
-    case at::kBFloat16:
-      return clamp_span(static_cast<at::BFloat16*>(s.ptr) + off, n, b.bf16.first, b.bf16.second);
-    default:
-      TORCH_CHECK(false, "clip_weights_: unsupported dtype ", s.dtype);  // excluded by clip_check_args
+void fill_bounds(ClipBounds& b, at::ScalarType dt, double lo, double hi) {
+  switch (dt) {
+    case at::kDouble: b.f64[0] = lo, b.f64[1] = hi; break;
+    case at::kFloat: std::tie(b.f32[0], b.f32[1]) = clip_bounds<float>(lo, hi); break;
+    case at::kHalf: std::tie(b.f16[0], b.f16[1]) = clip_bounds<at::Half>(lo, hi); break;
+    case at::kBFloat16: std::tie(b.bf16[0], b.bf16[1]) = clip_bounds<at::BFloat16>(lo, hi); break;
+    default: break;
   }
 }
 
 void clip_weights_cpu(at::TensorList tensors, double lo, double hi) {
   clip_check_args(tensors, lo, hi, c10::DeviceType::CPU);
-  std::vector<Span> spans;
+  std::vector<ClipSpan> spans;
   spans.reserve(tensors.size());
-  int64_t total = 0;
+  ClipBounds b{};
+  bool filled[4] = {false, false, false, false};  // double, float, half, bfloat16
+  int64_t total = 0, bytes = 0;
   for (const at::Tensor& t : tensors) {
     if (t.numel() == 0) continue;
     if (clip_as_span(t)) {
-      spans.push_back({t.data_ptr(), total, t.scalar_type()});
+      const auto dt = t.scalar_type();
+      const int k = dt == at::kDouble ? 0 : dt == at::kFloat ? 1 : dt == at::kHalf ? 2 : 3;
+      if (!filled[k]) fill_bounds(b, dt, lo, hi), filled[k] = true;
+      spans.push_back({t.data_ptr(), total, dt});
       total += t.numel();
+      bytes += t.numel() * static_cast<int64_t>(t.element_size());
     } else {
       at::clamp_(const_cast<at::Tensor&>(t), lo, hi);  // strided views
     }
   }
   clip_bump_versions(tensors);
   if (total == 0) return;
-  const Bounds b{clip_bounds<double>(lo, hi), clip_bounds<float>(lo, hi), clip_bounds<at::Half>(lo, hi),
-                 clip_bounds<at::BFloat16>(lo, hi)};
-  at::parallel_for(0, total, kGrain, [&](int64_t r0, int64_t r1) {
+  const ClipPieceFn piece = clip_isa().fn;
+  auto body = [&](int64_t r0, int64_t r1) {
     // first span that contains element r0
     auto it = std::upper_bound(spans.begin(), spans.end(), r0,
-                               [](int64_t v, const Span& s) { return v < s.begin; }) - 1;
+                               [](int64_t v, const ClipSpan& s) { return v < s.begin; }) - 1;
     for (int64_t r = r0; r < r1; ++it) {
       const int64_t end = (it + 1 == spans.end()) ? total : (it + 1)->begin;
       const int64_t n = std::min(end, r1) - r;
-      clamp_piece(*it, r - it->begin, n, b);
+      piece(*it, r - it->begin, n, b);
       r += n;
     }
-  });
+  };
+  // elements per thread at least: kGrainBytes at the list's mean element size
+  const int64_t grain = std::max<int64_t>(1, total * kGrainBytes / bytes);
+  const int mode = g_threading.load(std::memory_order_relaxed);
+  if (mode == kSerial || bytes < 2 * kGrainBytes || at::get_num_threads() < 2 || at::in_parallel_region()) {
+    body(0, total);
+  } else if (mode == kParallel) {
+    at::parallel_for(0, total, grain, body);
+  } else {
+    run_adaptive(bytes, [&](bool par) { par ? at::parallel_for(0, total, grain, body) : body(0, total); });
+  }
 }
 
 }  // namespace
 
 TORCH_LIBRARY_IMPL(fastgan, CPU, m) { m.impl("clip_weights_", &clip_weights_cpu); }
+
+// Clipping records no autograd history (like p.data.clamp_): autograd falls through to the
+// kernels, which bump the version counters themselves. Callers need no torch.no_grad() (whose
+// enter and exit cost more than dispatching a small list), and the warning autograd fallback
+// never wraps a mutated non-leaf in a "not implemented" node.
+TORCH_LIBRARY_IMPL(fastgan, Autograd, m) { m.impl("clip_weights_", torch::CppFunction::makeFallthrough()); }
+
+// Which copy of the clamp loop clip_weights_ runs on this CPU: "AVX512", "AVX2" or "DEFAULT".
+TORCH_LIBRARY_FRAGMENT(fastgan, m) {
+  m.def("clip_cpu_isa() -> str", &clip_cpu_isa);
+  m.def("clip_cpu_threading(str mode) -> str", &clip_cpu_threading);
+}
 
 }  // namespace fastgan

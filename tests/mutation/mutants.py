@@ -45,8 +45,8 @@ MUTANTS = [
     M("gnp-math-onesided-coef", "csrc/gnp_math.h",
       "if (d < acc_t(0)) return acc_t(0);", "if (d <= acc_t(-1)) return acc_t(0);", T_GNP,
       "one-sided derivative not zeroed below the target"),
-    # ---- csrc/cpu/clip.cpp
-    M("clip-tail-nan-to-hi", "csrc/cpu/clip.cpp",
+    # ---- csrc/cpu/clip_kernel.h (the clamp loop of csrc/cpu/clip.cpp, compiled per ISA)
+    M("clip-tail-nan-to-hi", "csrc/cpu/clip_kernel.h",
       "if (x > hi) x = hi;", "if (!(x <= hi)) x = hi;", T_CLIP,
       "NaN in the scalar tail becomes hi"),
 ]
