@@ -136,7 +136,10 @@ def expect_error(bad, call, *watched):
     before = snapshot(*watched)
     with pytest.raises(exc) as info:
         call()
-    assert type(info.value) is exc, info.value
+    # a subclass is fine (spectral norm raises torch's IndexError and a ValueError in one class), a
+    # TypeError for a range problem (or the reverse) is not
+    other = ValueError if issubclass(exc, TypeError) else TypeError
+    assert not isinstance(info.value, other), info.value
     assert name in str(info.value), (name, str(info.value))
     same(before, snapshot(*watched))
 
