@@ -5,7 +5,8 @@
 
 One run = one fresh process with ``ATEN_CPU_CAPABILITY`` set (it must be set before torch loads;
 ``avx2`` / ``avx512`` pick torch's vectorized kernels for that ISA, ``default`` the scalar ones),
-one thread, the demo's defaults (``fastgan.demo.run_one``). ``--jobs`` processes run at once.
+one thread, the demo's defaults (``fastgan.demo.run_one``); the ``avx2`` runs also set
+``MKL_ENABLE_INSTRUCTIONS=AVX2`` (see ``launch``). ``--jobs`` processes run at once.
 Results are appended to ``runs.jsonl`` as they finish (an interrupted sweep keeps what it has and a
 rerun skips the runs already there); ``results.md`` tabulates modes covered per seed and checks each
 method's expected outcome (``fastgan.demo.EXPECT``) in every column. The machine is named in the
@@ -36,7 +37,8 @@ def worker(cap, method, seed, steps):
 
     t0 = time.process_time()
     _, _, m, _ = demo.run_one("8gaussians", method, steps=steps, batch_size=256, seed=seed, progress=False)
-    print(json.dumps({"cap": cap, "cap_used": torch.backends.cpu.get_cpu_capability(), "method": method,
+    print(json.dumps({"cap": cap, "cap_used": torch.backends.cpu.get_cpu_capability(),
+                      "mkl_instructions": os.environ.get("MKL_ENABLE_INSTRUCTIONS", "auto"), "method": method,
                       "seed": seed, "steps": steps, "modes_covered": m["modes_covered"],
                       "high_quality": m["high_quality"], "nn_gen_to_data": m["nn_gen_to_data"],
                       "nn_data_to_gen": m["nn_data_to_gen"], "cpu_s": time.process_time() - t0}))
@@ -65,6 +67,13 @@ def launch(job):
     cap, method, seed, steps = job
     env = dict(os.environ, ATEN_CPU_CAPABILITY=cap, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1",
                PYTHONPATH=ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    env.pop("MKL_ENABLE_INSTRUCTIONS", None)
+    if cap == "avx2":
+        # ATEN_CPU_CAPABILITY moves only ATen's elementwise kernels, and on this MLP those round the
+        # same at any width (avx2 and avx512 runs were bitwise equal): the GEMMs, which set the
+        # trajectory, are MKL's, and MKL picks its kernels from the CPU. An AVX2 machine runs MKL's
+        # AVX2 GEMM, so the avx2 column asks MKL for it too.
+        env["MKL_ENABLE_INSTRUCTIONS"] = "AVX2"
     p = subprocess.run([sys.executable, os.path.abspath(__file__), "--worker", cap, method, str(seed), str(steps)],
                        env=env, capture_output=True, text=True)
     if p.returncode:
@@ -114,6 +123,7 @@ def main(argv=None):
     ap.add_argument("--steps", type=int, default=None, help="generator steps (default: the demo's)")
     ap.add_argument("--jobs", type=int, default=os.cpu_count())
     ap.add_argument("--out", default=os.path.join(ROOT, "benchmarks", "results", "demo_sweep"))
+    ap.add_argument("--table-only", action="store_true", help="only rewrite results.md from runs.jsonl")
     args = ap.parse_args(argv)
     if args.worker:
         cap, method, seed, steps = args.worker
@@ -129,15 +139,18 @@ def main(argv=None):
     records = []
     if os.path.exists(path):
         with open(path) as f:
-            records = [r for r in map(json.loads, f) if r["steps"] == steps]
+            records = [r for r in map(json.loads, f) if r["steps"] == steps
+                       and (r["cap"] != "avx2" or r.get("mkl_instructions") == "AVX2")]
     have = {(r["cap"], r["method"], r["seed"]) for r in records}
     # seed by seed (an interrupted sweep leaves whole seeds done), expensive methods first within a seed
     jobs = [(c, m, s, steps) for s in args.seeds for m in sorted(methods, key=lambda n: -demo.METHODS[n].n_critic)
-            for c in args.caps if (c, m, s) not in have]
+            for c in args.caps if (c, m, s) not in have and not args.table_only]
     print(f"{len(jobs)} runs to do ({len(have)} already in {path}), {args.jobs} at a time", file=sys.stderr)
     t0 = time.time()
     with concurrent.futures.ThreadPoolExecutor(args.jobs) as pool, open(path, "a") as f:
-        for i, rec in enumerate(pool.map(launch, jobs)):
+        futures = [pool.submit(launch, job) for job in jobs]
+        for i, fut in enumerate(concurrent.futures.as_completed(futures)):  # saved as soon as done
+            rec = fut.result()
             f.write(json.dumps(rec) + "\n")
             f.flush()
             records.append(rec)
