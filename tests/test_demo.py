@@ -178,6 +178,7 @@ def test_same_seed_same_result(one_thread):
     (["--steps", "ten"], "--steps"),
     (["--batch-size", "0"], "--batch-size"),
     (["--batch-size", "-1"], "--batch-size"),
+    (["--jobs", "0"], "--jobs"),
 ])
 def test_bad_cli_input(tmp_path, capsys, args, words):
     out = tmp_path / "never"
