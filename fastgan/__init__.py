@@ -2,7 +2,7 @@
 
 Per-sample gradient-norm penalties (WGAN-GP, LP, DRAGAN, WGAN-div, R1/R2), spectral
 normalization and weight clipping, with eager reference implementations, C++ CPU, CUDA and
-Triton backends. See README.md and SPEC.md.
+Triton backends. See README.md and docs/SPEC.md.
 """
 from . import ops, reference
 from ._ext import empty_cache

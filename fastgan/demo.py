@@ -33,13 +33,18 @@ import fastgan as fg
 DATASETS = ("8gaussians", "25gaussians", "swissroll", "digits")
 N_EVAL = 2500
 MIN_MODE_SAMPLES = 20
-DEFAULT_STEPS = {"8gaussians": 500, "25gaussians": 500, "swissroll": 500, "digits": 300}
+DEFAULT_STEPS = {"8gaussians": 1000, "25gaussians": 500, "swissroll": 500, "digits": 300}
 MODE_STD = 0.05  # σ of each mixture component; radius-2 circle, grid spacing 2
 Z_DIM_2D = 8  # latent size for the 2-D sets (2 in the WGAN-GP paper: slower to learn in short runs)
 
 
 # --------------------------------------------------------------------------------------------
-# the methods: loss family + regularizer + optimizer, as in each paper (lr/steps shortened for CPU)
+# the methods: loss family + regularizer + optimizer, each from its paper or the paper's reference
+# code (``source``). Common to all, for a CPU budget: 3-hidden-layer ReLU MLPs 64 wide (the WGAN-GP
+# toy code: 512), 8-D latent (there: 2), batch 256 (as there), DEFAULT_STEPS generator steps (there:
+# 100,000) and Adam/RMSprop learning rates raised to 1e-3 / 5e-4 (there: 1e-4 / 5e-5) so that short
+# runs get somewhere. Everything else (loss, penalty and its constants, critic steps, optimizer and
+# its betas) is the paper's.
 @dataclasses.dataclass(frozen=True)
 class Method:
     name: str
@@ -52,6 +57,7 @@ class Method:
     optimizer: str = "adam"                     # "adam" | "rmsprop"
     lr: float = 1e-3
     betas: tuple = (0.5, 0.9)
+    source: str = ""                            # where the setup comes from, and what we changed
 
     def optimizers(self, D, G):
         if self.optimizer == "rmsprop":
@@ -62,18 +68,49 @@ class Method:
 
 # penalties are looked up on fastgan at call time
 METHODS = {m.name: m for m in (
-    Method("vanilla", "minimax", betas=(0.5, 0.999)),
-    Method("nonsaturating", "nonsaturating", betas=(0.5, 0.999)),
-    Method("wgan-clip", "wasserstein", n_critic=5, clip=0.01, optimizer="rmsprop", lr=5e-4),
-    Method("wgan-gp", "wasserstein", lambda D, r, f: fg.gradient_penalty(D, r, f, weight=10.0), n_critic=5),
-    Method("lp", "wasserstein", lambda D, r, f: fg.lipschitz_penalty(D, r, f, weight=10.0), n_critic=5),
-    Method("dragan", "nonsaturating", lambda D, r, f: fg.dragan_penalty(D, r, weight=10.0, c=10.0),
-           betas=(0.5, 0.999)),
-    Method("wgan-div", "wasserstein", lambda D, r, f: fg.wgan_div_penalty(D, r, f, k=2.0, p=6.0), n_critic=5),
-    Method("r1", "nonsaturating", lambda D, r, f: fg.r1_penalty(D, r, gamma=1.0), betas=(0.5, 0.999)),
-    Method("sngan", "hinge", spectral_norm=True, betas=(0.5, 0.999)),
-    Method("instance-noise", "nonsaturating", noise=0.5, betas=(0.5, 0.999)),
+    Method("vanilla", "minimax", betas=(0.5, 0.999),
+           source="Goodfellow et al. 2014, Alg. 1 (minimax loss, k=1 critic step); Adam betas (0.5, 0.999) "
+                  "of DCGAN (Radford et al. 2016; lr 2e-4 there)"),
+    Method("nonsaturating", "nonsaturating", betas=(0.5, 0.999),
+           source="Goodfellow et al. 2014, sec. 3 (G maximizes log D(G(z))); optimizer as vanilla"),
+    Method("wgan-clip", "wasserstein", n_critic=5, clip=0.01, optimizer="rmsprop", lr=5e-4,
+           source="Arjovsky et al. 2017, Alg. 1: c=0.01, n_critic=5, RMSProp (lr 5e-5 there)"),
+    Method("wgan-gp", "wasserstein", lambda D, r, f: fg.gradient_penalty(D, r, f, weight=0.1), n_critic=5,
+           source="Gulrajani et al. 2017, reference code gan_toy.py: lambda=0.1 on the toy sets ('smaller "
+                  "lambda seems to help for toy tasks'; 10 for images), n_critic=5, Adam betas (0.5, 0.9) "
+                  "(lr 1e-4 there)"),
+    Method("lp", "wasserstein", lambda D, r, f: fg.lipschitz_penalty(D, r, f, weight=10.0), n_critic=5,
+           source="Petzka et al. 2018: one-sided penalty, lambda=10, otherwise WGAN-GP's training setup"),
+    Method("dragan", "nonsaturating", lambda D, r, f: fg.dragan_penalty(D, r, weight=1.0, perturbation="uniform"),
+           betas=(0.5, 0.999),
+           source="Kodali et al. 2017 and the authors' reference code: k=1, perturbation x + 0.5 std(x) U[0,1) "
+                  "(the paper's N(0, 10 I) is far wider than this data), non-saturating loss, 1 critic step, "
+                  "Adam beta1 0.5; lambda=1 instead of the paper's 10 (with 10 the generator collapsed to "
+                  "0-1 modes on seeds 0 and 1: on toy sets a small lambda helps, as WGAN-GP's toy code says)"),
+    Method("wgan-div", "wasserstein", lambda D, r, f: fg.wgan_div_penalty(D, r, f, k=2.0, p=6.0), n_critic=5,
+           betas=(0.5, 0.999),
+           source="Wu et al. 2018: k=2, p=6, n_critic=5, Adam betas (0.5, 0.999) (lr 2e-4 there)"),
+    Method("r1", "nonsaturating", lambda D, r, f: fg.r1_penalty(D, r, gamma=1.0), betas=(0.5, 0.999),
+           source="Mescheder et al. 2018: R1 on real data with the non-saturating loss, 1 critic step; "
+                  "gamma=1 (10 for their images; the penalty scales with the data's scale)"),
+    Method("sngan", "hinge", spectral_norm=True, n_critic=5, betas=(0.5, 0.9),
+           source="Miyato et al. 2018: spectral norm on every critic layer, hinge loss, Table 1 setting D "
+                  "(n_dis=5, Adam lr 1e-3, betas (0.5, 0.9)); setting C (n_dis=1) collapsed on seed 0"),
+    Method("instance-noise", "nonsaturating", noise=0.5, betas=(0.5, 0.999),
+           source="Sonderby et al. 2016 / Arjovsky & Bottou 2017: Gaussian noise on the critic's real and "
+                  "fake inputs, std annealed linearly from 0.5 to 0; non-saturating loss"),
 )}
+
+# Outcome each method must show on 8 Gaussians at the default steps, over 5 seeds and on every CPU
+# kernel set (benchmarks/demo_sweep.py checks it, tests/test_demo.py asserts it on a few seeds):
+# "learns" = >= MIN_MODES_LEARNED of 8 modes covered in >= MIN_SEEDS of 5 seeds, "fails" = fewer
+# modes in >= MIN_SEEDS seeds. A failure is expected only where a paper reports it.
+MIN_MODES_LEARNED = 7
+MIN_SEEDS = 4
+EXPECT = {name: "learns" for name in METHODS}
+# WGAN-GP paper, sec. 3 and Fig. 1: critics under weight clipping learn overly simple functions and
+# miss the data's modes; here the generator never settles on a mode (high-quality share ~0.03).
+EXPECT["wgan-clip"] = "fails"
 
 
 # ---8<--- README: Training a GAN with fastgan ---8<---
@@ -215,15 +252,25 @@ def _plt():
     return plt
 
 
-def plot_2d(ax, dataset, D, samples, title):
-    """Critic value surface (filled contours) with data (orange) and generated samples (green)."""
-    real = make_sampler(dataset, torch.Generator().manual_seed(1))(1000)
-    lim = 5.5 if dataset == "25gaussians" else 3.0
-    g = torch.linspace(-lim, lim, 120)
+def plot_lim(dataset):
+    return 5.5 if dataset == "25gaussians" else 3.0
+
+
+def critic_surface(dataset, D, n=120):
+    """(xx, yy, zz) numpy grids of the critic's value over the plotted square."""
+    lim = plot_lim(dataset)
+    g = torch.linspace(-lim, lim, n)
     xx, yy = torch.meshgrid(g, g, indexing="xy")
     with torch.no_grad():
         zz = D(torch.stack([xx.flatten(), yy.flatten()], 1)).view(xx.shape)
-    cs = ax.contourf(xx.numpy(), yy.numpy(), zz.numpy(), levels=20, cmap="viridis")
+    return xx.numpy(), yy.numpy(), zz.numpy()
+
+
+def plot_2d(ax, dataset, surface, samples, title):
+    """Critic value surface (filled contours) with data (orange) and generated samples (green)."""
+    real = make_sampler(dataset, torch.Generator().manual_seed(1))(1000)
+    lim = plot_lim(dataset)
+    cs = ax.contourf(*surface, levels=20, cmap="viridis")
     ax.figure.colorbar(cs, ax=ax, fraction=0.046, pad=0.02)
     ax.scatter(real[:, 0], real[:, 1], s=2, c="orange", label="data")
     ax.scatter(samples[:500, 0], samples[:500, 1], s=2, c="lime", label="generated")
@@ -242,14 +289,14 @@ def plot_digits(ax, samples, title):
     ax.set_title(title, fontsize=9)
 
 
-def write_figures(out, dataset, name, D, samples, history):
+def write_figures(out, dataset, name, surface, samples, history):
     """<name>.png (samples over data + critic surface, or a digit grid) and <name>_losses.png."""
     plt = _plt()
     fig, ax = plt.subplots(figsize=(5, 4.5))
     if dataset == "digits":
         plot_digits(ax, samples, f"{name}: generated digits")
     else:
-        plot_2d(ax, dataset, D, samples, f"{name} on {dataset}: critic value, data, samples")
+        plot_2d(ax, dataset, surface, samples, f"{name} on {dataset}: critic value, data, samples")
     fig.savefig(os.path.join(out, f"{name}.png"), dpi=90, bbox_inches="tight")
     plt.close(fig)
     fig, ax = plt.subplots(figsize=(5, 3))
@@ -269,12 +316,12 @@ def write_overview(out, dataset, runs):
     cols = min(n, 5)
     rows = math.ceil(n / cols)
     fig, axes = plt.subplots(rows, cols, figsize=(3.6 * cols, 3.4 * rows), squeeze=False)
-    for ax, (name, (D, samples, metrics)) in zip(axes.flat, runs.items()):
+    for ax, (name, (surface, samples, metrics)) in zip(axes.flat, runs.items()):
         title = f"{name}\n{_headline(metrics)}"
         if dataset == "digits":
             plot_digits(ax, samples, title)
         else:
-            plot_2d(ax, dataset, D, samples, title)
+            plot_2d(ax, dataset, surface, samples, title)
     for ax in list(axes.flat)[n:]:
         ax.axis("off")
     fig.tight_layout()
@@ -378,23 +425,60 @@ def summary_table(dataset, results):
     return f"{dataset}: {what}\n\n" + "\n".join(lines) + "\n"
 
 
-def run(dataset, methods, *, steps, batch_size, seed, out, progress=True):
-    """Train every method, write per-run PNG/JSON, overview.png, summary.md and summary.json."""
+def run_metrics(dataset, name, seed, steps=None, batch_size=256):
+    """Metrics of one run at the demo's defaults, one thread (picklable: for worker processes)."""
+    torch.set_num_threads(1)
+    steps = steps or DEFAULT_STEPS[dataset]
+    return run_one(dataset, name, steps=steps, batch_size=batch_size, seed=seed, progress=False)[2]
+
+
+def run_and_save(dataset, name, steps, batch_size, seed, out, progress=False, threads=1):
+    """Train one method, write <name>.json/.png/_losses.png; returns (surface, samples[:1000], metrics).
+
+    Top-level (picklable) so that :func:`run` can hand it to worker processes."""
+    torch.set_num_threads(threads)  # tiny networks: one thread per run, parallelism across runs
+    D, samples, metrics, history = run_one(dataset, name, steps=steps, batch_size=batch_size, seed=seed,
+                                           progress=progress)
+    config = dataclasses.asdict(METHODS[name])
+    config["penalty"] = config["penalty"] is not None
+    record = {"dataset": dataset, "method": name, "steps": steps, "batch_size": batch_size, "seed": seed,
+              "config": config, "metrics": metrics, "history": history,
+              "fastgan": fg.__version__, "torch": torch.__version__, "threads": torch.get_num_threads(),
+              "cpu_capability": torch.backends.cpu.get_cpu_capability()}
+    with open(os.path.join(out, f"{name}.json"), "w") as f:
+        json.dump(record, f, indent=1)
+    surface = None if dataset == "digits" else critic_surface(dataset, D)
+    write_figures(out, dataset, name, surface, samples, history)
+    return surface, samples[:1000], metrics
+
+
+def run(dataset, methods, *, steps, batch_size, seed, out, progress=True, jobs=1, threads=1):
+    """Train every method, write per-run PNG/JSON, overview.png, summary.md and summary.json.
+
+    ``jobs > 1`` trains that many methods at once in worker processes (one thread each): the
+    runs are independent and each seeds itself, so the results equal those of ``jobs=1``."""
     os.makedirs(out, exist_ok=True)
-    results, runs = {}, {}
-    for name in methods:
-        D, samples, metrics, history = run_one(dataset, name, steps=steps, batch_size=batch_size, seed=seed,
-                                               progress=progress)
-        config = dataclasses.asdict(METHODS[name])
-        config["penalty"] = config["penalty"] is not None
-        record = {"dataset": dataset, "method": name, "steps": steps, "batch_size": batch_size, "seed": seed,
-                  "config": config, "metrics": metrics, "history": history,
-                  "fastgan": fg.__version__, "torch": torch.__version__, "threads": torch.get_num_threads()}
-        with open(os.path.join(out, f"{name}.json"), "w") as f:
-            json.dump(record, f, indent=1)
-        write_figures(out, dataset, name, D, samples, history)
-        results[name] = metrics
-        runs[name] = (D, samples, metrics)
+    runs = {}
+    if jobs <= 1:
+        for name in methods:
+            runs[name] = run_and_save(dataset, name, steps, batch_size, seed, out, progress, threads)
+    else:
+        import concurrent.futures
+        import multiprocessing
+
+        # spawn: a fresh interpreter per worker (forking a process that already ran torch ops can hang)
+        ctx = multiprocessing.get_context("spawn")
+        # the 5-critic-step methods take longest: start them first so the pool finishes together
+        order = sorted(methods, key=lambda n: -METHODS[n].n_critic)
+        with concurrent.futures.ProcessPoolExecutor(min(jobs, len(methods)), mp_context=ctx) as pool:
+            futures = {pool.submit(run_and_save, dataset, n, steps, batch_size, seed, out, False, threads): n for n in order}
+            for fut in concurrent.futures.as_completed(futures):
+                name = futures[fut]
+                runs[name] = fut.result()
+                if progress:
+                    print(f"{name:<16} done: {_headline(runs[name][2])}", file=sys.stderr, flush=True)
+        runs = {n: runs[n] for n in methods}
+    results = {n: r[2] for n, r in runs.items()}
     write_overview(out, dataset, runs)
     table = summary_table(dataset, results)
     with open(os.path.join(out, "summary.md"), "w") as f:
@@ -432,6 +516,9 @@ def add_parser(sub):
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=_positive_int, default=1,
                    help="torch CPU threads (default 1: the networks are tiny, more threads only add overhead)")
+    p.add_argument("--jobs", type=_positive_int, default=None,
+                   help="methods trained at once in worker processes, one thread each "
+                        "(default: the number of CPU cores)")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.set_defaults(func=cli)
     return p
@@ -444,11 +531,12 @@ def cli(args):
         print(f"python -m fastgan demo: error: --out {out!r} exists and is not a directory", file=sys.stderr)
         return 2
     methods = list(dict.fromkeys(args.method or METHODS))
+    jobs = args.jobs or len(os.sched_getaffinity(0))
     torch.set_num_threads(args.threads)
     print(f"fastgan demo: {args.dataset}, methods {', '.join(methods)}, {steps} generator steps, "
-          f"batch {args.batch_size}, seed {args.seed}, {args.threads} thread(s) -> {out}")
+          f"batch {args.batch_size}, seed {args.seed}, {min(jobs, len(methods))} process(es) -> {out}")
     _, table = run(args.dataset, methods, steps=steps, batch_size=args.batch_size, seed=args.seed, out=out,
-                   progress=not args.quiet)
+                   progress=not args.quiet, jobs=jobs, threads=args.threads)
     print()
     print(table)
     print(f"figures, JSON and summary.md in {out}")

@@ -136,7 +136,8 @@ FAMILIES = ["vanilla", "wgan-clip", "wgan-gp", "sngan", "instance-noise"]
 
 def test_tiny_run_8gaussians(tmp_path, capsys, one_thread):
     out = tmp_path / "run"
-    assert main(["demo", "--method", *FAMILIES, "--steps", "3", "--batch-size", "16", "--out", str(out)]) == 0
+    assert main(["demo", "--method", *FAMILIES, "--steps", "3", "--batch-size", "16", "--out", str(out),
+                 "--jobs", "1"]) == 0
     table = _check_run(out, "8gaussians", FAMILIES, 3)
     cap = capsys.readouterr()
     assert table.strip() in cap.out and "modes covered" in table
@@ -146,7 +147,7 @@ def test_tiny_run_8gaussians(tmp_path, capsys, one_thread):
 def test_tiny_run_digits(tmp_path, one_thread, capsys):
     out = tmp_path / "d"
     assert main(["demo", "--dataset", "digits", "--method", "nonsaturating", "r1", "--steps", "2",
-                 "--out", str(out), "--quiet"]) == 0
+                 "--out", str(out), "--quiet", "--jobs", "1"]) == 0
     table = _check_run(out, "digits", ["nonsaturating", "r1"], 2)
     assert "NN gen→test" in table and "modes" not in table
     assert capsys.readouterr().err == ""  # --quiet: no progress bars
@@ -177,6 +178,7 @@ def test_same_seed_same_result(one_thread):
     (["--steps", "ten"], "--steps"),
     (["--batch-size", "0"], "--batch-size"),
     (["--batch-size", "-1"], "--batch-size"),
+    (["--jobs", "0"], "--jobs"),
 ])
 def test_bad_cli_input(tmp_path, capsys, args, words):
     out = tmp_path / "never"
@@ -191,7 +193,7 @@ def test_bad_cli_input(tmp_path, capsys, args, words):
 def test_out_is_a_file(tmp_path, capsys):
     f = tmp_path / "file"
     f.write_text("keep")
-    assert main(["demo", "--out", str(f), "--steps", "1"]) == 2
+    assert main(["demo", "--out", str(f), "--steps", "1", "--jobs", "1"]) == 2
     assert "not a directory" in capsys.readouterr().err
     assert f.read_text() == "keep" and os.listdir(tmp_path) == ["file"]
 
@@ -212,11 +214,67 @@ def test_readme_has_the_training_loop():
 
 
 # --------------------------------------------------------------------------------------------
-# a real learning check: WGAN-GP finds the 8 Gaussians
-def test_wgan_gp_learns_8gaussians(one_thread):
-    _, samples, m, _ = demo.run_one("8gaussians", "wgan-gp", steps=CI_STEPS, batch_size=256, seed=0, progress=False)
-    assert m["modes_covered"] >= 6, m
-    assert m["high_quality"] > 0.1, m  # uniform noise over the plot would score ~0.02
+# real training at the demo's defaults: each method's expected outcome (demo.EXPECT) on several
+# seeds. One seed passes or fails by CPU (the SIMD width changes rounding and the trajectory
+# follows), so a check counts seeds; benchmarks/demo_sweep.py measured these methods on seeds 0-4
+# under ATEN_CPU_CAPABILITY=avx2, avx512 and default (benchmarks/results/demo_sweep/results.md).
+# (non-saturating is not here: seeds 0, 1, 2 gave 8, 6, 8 modes with high-quality shares 0.62, 0.13,
+# 0.16 on the Intel Xeon: not robust at 1,000 steps)
+LEARN_CHECKS = ["wgan-gp", "lp", "wgan-clip"]
+LEARN_SEEDS = (0, 1, 2)
 
 
-CI_STEPS = 500
+@pytest.fixture(scope="module")
+def trained():
+    """{(method, seed): metrics}, the runs spread over worker processes (one thread each)."""
+    import concurrent.futures
+    import multiprocessing
+
+    jobs = [(m, s) for m in LEARN_CHECKS for s in LEARN_SEEDS]
+    workers = max(1, min(len(jobs), len(os.sched_getaffinity(0))))
+    ctx = multiprocessing.get_context("spawn")
+    with concurrent.futures.ProcessPoolExecutor(workers, mp_context=ctx) as pool:
+        futs = {job: pool.submit(demo.run_metrics, "8gaussians", job[0], job[1]) for job in jobs}
+        return {job: f.result() for job, f in futs.items()}
+
+
+def expected_outcome_holds(name, runs):
+    """A method that learns covers >= MIN_MODES_LEARNED modes with a real share of high-quality
+    samples in all but one seed; one that fails covers at most 2 modes in all but one seed."""
+    if demo.EXPECT[name] == "learns":
+        good = [m["modes_covered"] >= demo.MIN_MODES_LEARNED and m["high_quality"] > 0.2 for m in runs]
+    else:
+        good = [m["modes_covered"] <= 2 for m in runs]
+    return sum(good) >= len(runs) - 1
+
+
+@pytest.mark.parametrize("name", LEARN_CHECKS)
+def test_expected_outcome_on_8gaussians(trained, name):
+    runs = [trained[(name, s)] for s in LEARN_SEEDS]
+    assert expected_outcome_holds(name, runs), [(m["modes_covered"], round(m["high_quality"], 3)) for m in runs]
+
+
+def test_outcome_rule_can_fail():
+    collapsed = {"modes_covered": 1, "high_quality": 0.9}
+    learned = {"modes_covered": 8, "high_quality": 0.7}
+    assert not expected_outcome_holds("lp", [collapsed, collapsed, learned])
+    assert expected_outcome_holds("lp", [collapsed, learned, learned])
+    assert not expected_outcome_holds("wgan-clip", [learned, learned, collapsed])
+
+
+def test_every_method_names_its_source_and_outcome():
+    for name, m in demo.METHODS.items():
+        assert len(m.source) > 30 and any(str(y) in m.source for y in range(2014, 2026)), name
+        assert demo.EXPECT[name] in ("learns", "fails")
+
+
+def test_parallel_runs_equal_serial_runs(tmp_path, one_thread):
+    names = ["wgan-gp", "nonsaturating"]
+    serial, _ = demo.run("8gaussians", names, steps=3, batch_size=16, seed=4, out=str(tmp_path / "a"),
+                         progress=False, jobs=1)
+    parallel, _ = demo.run("8gaussians", names, steps=3, batch_size=16, seed=4, out=str(tmp_path / "b"),
+                           progress=False, jobs=2)
+    for n in names:
+        for k in ("nn_gen_to_data", "nn_data_to_gen", "final_d_loss", "final_g_loss"):
+            assert serial[n][k] == parallel[n][k], (n, k)
+    assert sorted(os.listdir(tmp_path / "a")) == sorted(os.listdir(tmp_path / "b"))
