@@ -49,7 +49,9 @@ Z_DIM_2D = 8  # latent size for the 2-D sets (2 in the WGAN-GP paper: slower to 
 class Method:
     name: str
     loss: str                                   # key of fastgan.losses.LOSSES
-    penalty: Optional[Callable] = None          # penalty(D, real, fake) -> scalar, added to the critic loss
+    penalty: Optional[Callable] = None          # penalty(D, real, fake, d_real, d_fake) -> scalar, added
+                                                # to the critic loss (d_real, d_fake: the loss's own scores)
+    from_scores: bool = False                   # the penalty uses the loss's forward (inputs require grad)
     n_critic: int = 1                           # critic steps per generator step
     clip: Optional[float] = None                # WGAN weight clipping bound c
     spectral_norm: bool = False                 # spectral norm on every critic layer (SNGAN)
@@ -75,22 +77,25 @@ METHODS = {m.name: m for m in (
            source="Goodfellow et al. 2014, sec. 3 (G maximizes log D(G(z))); optimizer as vanilla"),
     Method("wgan-clip", "wasserstein", n_critic=5, clip=0.01, optimizer="rmsprop", lr=5e-4,
            source="Arjovsky et al. 2017, Alg. 1: c=0.01, n_critic=5, RMSProp (lr 5e-5 there)"),
-    Method("wgan-gp", "wasserstein", lambda D, r, f: fg.gradient_penalty(D, r, f, weight=0.1), n_critic=5,
+    Method("wgan-gp", "wasserstein", lambda D, r, f, dr, df: fg.gradient_penalty(D, r, f, weight=0.1), n_critic=5,
            source="Gulrajani et al. 2017, reference code gan_toy.py: lambda=0.1 on the toy sets ('smaller "
                   "lambda seems to help for toy tasks'; 10 for images), n_critic=5, Adam betas (0.5, 0.9) "
                   "(lr 1e-4 there)"),
-    Method("lp", "wasserstein", lambda D, r, f: fg.lipschitz_penalty(D, r, f, weight=10.0), n_critic=5,
+    Method("lp", "wasserstein", lambda D, r, f, dr, df: fg.lipschitz_penalty(D, r, f, weight=10.0), n_critic=5,
            source="Petzka et al. 2018: one-sided penalty, lambda=10, otherwise WGAN-GP's training setup"),
-    Method("dragan", "nonsaturating", lambda D, r, f: fg.dragan_penalty(D, r, weight=1.0, perturbation="uniform"),
+    Method("dragan", "nonsaturating", lambda D, r, f, dr, df: fg.dragan_penalty(D, r, weight=1.0, perturbation="uniform"),
            betas=(0.5, 0.999),
            source="Kodali et al. 2017 and the authors' reference code: k=1, perturbation x + 0.5 std(x) U[0,1) "
                   "(the paper's N(0, 10 I) is far wider than this data), non-saturating loss, 1 critic step, "
                   "Adam beta1 0.5; lambda=1 instead of the paper's 10 (with 10 the generator collapsed to "
                   "0-1 modes on seeds 0 and 1: on toy sets a small lambda helps, as WGAN-GP's toy code says)"),
-    Method("wgan-div", "wasserstein", lambda D, r, f: fg.wgan_div_penalty(D, r, f, k=2.0, p=6.0), n_critic=5,
+    # WGAN-div and R1 take the input gradient at the samples the loss scores: from that same forward
+    Method("wgan-div", "wasserstein", lambda D, r, f, dr, df: fg.wgan_div_penalty(
+        real=r, fake=f, scores=(dr, df), k=2.0, p=6.0), n_critic=5, from_scores=True,
            betas=(0.5, 0.999),
            source="Wu et al. 2018: k=2, p=6, n_critic=5, Adam betas (0.5, 0.999) (lr 2e-4 there)"),
-    Method("r1", "nonsaturating", lambda D, r, f: fg.r1_penalty(D, r, gamma=1.0), betas=(0.5, 0.999),
+    Method("r1", "nonsaturating", lambda D, r, f, dr, df: fg.r1_penalty(real=r, scores=dr, gamma=1.0),
+           betas=(0.5, 0.999), from_scores=True,
            source="Mescheder et al. 2018: R1 on real data with the non-saturating loss, 1 critic step; "
                   "gamma=1 (10 for their images; the penalty scales with the data's scale)"),
     Method("sngan", "hinge", spectral_norm=True, n_critic=5, betas=(0.5, 0.9),
@@ -131,9 +136,12 @@ def train(G, D, sample_real, method, *, steps, batch_size, z_dim, log=None):
             if method.noise:
                 std = fg.anneal_std(step, steps, start=method.noise)  # fastgan: instance noise
                 real, fake = fg.instance_noise(real, std), fg.instance_noise(fake, std)
-            d_loss = d_loss_fn(D(real), D(fake))
-            if method.penalty:
-                d_loss = d_loss + method.penalty(D, real, fake)     # fastgan: gradient penalty
+            if method.from_scores:  # the penalty reuses these forwards: no extra critic call
+                real, fake = real.requires_grad_(), fake.requires_grad_()
+            d_real, d_fake = D(real), D(fake)
+            d_loss = d_loss_fn(d_real, d_fake)
+            if method.penalty:                                      # fastgan: gradient penalty
+                d_loss = d_loss + method.penalty(D, real, fake, d_real, d_fake)
             opt_d.zero_grad(set_to_none=True)
             d_loss.backward()
             opt_d.step()
