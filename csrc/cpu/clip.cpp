@@ -8,6 +8,7 @@
 #include <torch/library.h>
 
 #include <algorithm>
+#include <atomic>
 #include <vector>
 
 #include "../clip.h"
@@ -80,6 +81,14 @@ void clamp_piece(const Span& s, int64_t off, int64_t n, const Bounds& b) {
   }
 }
 
+// Test-only introspection (tests/test_kernel_edges.py): elements clamped by the span path, summed
+// over threads. Every thread must visit exactly its own range; one that re-scanned from the first
+// span would clamp elements twice, which no output can show (clamp is idempotent). One relaxed
+// atomic add per thread per call.
+std::atomic<int64_t> g_span_elements{0};
+
+int64_t clip_span_elements() { return g_span_elements.load(); }
+
 void clip_weights_cpu(at::TensorList tensors, double lo, double hi) {
   clip_check_args(tensors, lo, hi, c10::DeviceType::CPU);
   std::vector<Span> spans;
@@ -102,17 +111,23 @@ void clip_weights_cpu(at::TensorList tensors, double lo, double hi) {
     // first span that contains element r0
     auto it = std::upper_bound(spans.begin(), spans.end(), r0,
                                [](int64_t v, const Span& s) { return v < s.begin; }) - 1;
+    int64_t visited = 0;
     for (int64_t r = r0; r < r1; ++it) {
       const int64_t end = (it + 1 == spans.end()) ? total : (it + 1)->begin;
       const int64_t n = std::min(end, r1) - r;
       clamp_piece(*it, r - it->begin, n, b);
       r += n;
+      visited += n;
     }
+    g_span_elements.fetch_add(visited, std::memory_order_relaxed);
   });
 }
 
 }  // namespace
 
 TORCH_LIBRARY_IMPL(fastgan, CPU, m) { m.impl("clip_weights_", &clip_weights_cpu); }
+
+// No tensor arguments: reachable from any dispatch key.
+TORCH_LIBRARY_IMPL(fastgan, CompositeImplicitAutograd, m) { m.impl("_clip_span_elements", &clip_span_elements); }
 
 }  // namespace fastgan
