@@ -54,7 +54,8 @@ def test_power_zero_and_tiny_weights(backend, dtype, scale):
     gen = torch.Generator().manual_seed(0)
     shapes = [((5, 7), 0), ((3, 4, 2, 2), 1)] if backend == "triton" else [((5, 7), 0), ((3, 4, 2, 2), 1), ((9, 33), 0)]
     ws = [(torch.randn(s, generator=gen, dtype=torch.float64) * scale).to(dtype) for s, _ in shapes]
-    for n_iter in (1, 3):
+    # float32 with 1e-20: each iteration scales by ~1e-20 / eps = 1e-8, so a third underflows float32
+    for n_iter in ((1,) if (dtype, scale) == (torch.float32, 1e-20) else (1, 3)):
         power_vs_float64(backend, ws, [d for _, d in shapes], n_iter, 1e-12, gen, 1e-5 if dtype == torch.float32 else 1e-10)
 
 
