@@ -402,3 +402,33 @@ def test_regularizers_return_norms_in_the_input_dtype(dtype):
         close_rows(norms, want, OUT_RTOL[dtype] * 2, name)
     loss, (nr, nf) = fg.wgan_div_penalty(D, real, fake, return_norms=True)
     assert nr.dtype == dtype and nf.dtype == dtype
+
+
+def test_gradient_and_lipschitz_penalties_on_both_sides_of_the_target():
+    """WGAN-GP (two-sided) and WGAN-LP (one-sided) with per-sample gradient norms on both sides of
+    1, against the closed form: D(x) = sum(s * x^2) has input gradient 2 s x."""
+    gen = torch.Generator().manual_seed(10)
+    s = torch.linspace(0.5, 1.5, 6, dtype=torch.float64)
+    real = torch.randn(6, 6, generator=gen, dtype=torch.float64)
+    real = real / real.norm(dim=1, keepdim=True) * torch.tensor([0.1, 0.2, 0.3, 0.6, 0.9, 1.4], dtype=torch.float64)[:, None]
+    fake = real * 1.1
+    alpha = torch.rand(6, generator=gen, dtype=torch.float64)
+
+    def D(x):
+        return (s * x * x).sum(1)
+
+    x = alpha[:, None] * real + (1 - alpha[:, None]) * fake
+    n = (2 * s * x).norm(dim=1)
+    assert (n < 1).any() and (n > 1).any(), "check the test: norms must straddle the target"
+    two = 10 * ((n - 1) ** 2).mean()
+    one = 10 * ((n - 1).clamp_min(0) ** 2).mean()
+    for backend in GNP_BACKENDS:
+        with fg.use_backend(backend):
+            torch.testing.assert_close(fg.gradient_penalty(D, real, fake, alpha=alpha), two, rtol=1e-12, atol=0)
+            torch.testing.assert_close(fg.lipschitz_penalty(D, real, fake, alpha=alpha), one, rtol=1e-12, atol=0)
+
+
+@pytest.mark.skipif(not HAS_CPU, reason="needs the C++ extension")
+def test_cpu_backend_refuses_other_devices():
+    with pytest.raises(ValueError, match="runs on cpu tensors"):
+        fg.grad_norm_penalty(torch.randn(3, 4, device="meta"), backend="cpu")

@@ -235,7 +235,7 @@ MUTANTS = [
       ("tests/test_penalties.py::test_gradient_penalty_pac",), "packed alpha tiled instead of repeated per sample"),
     M("pen-lipschitz-two-sided", "fastgan/penalty.py", "return gradient_penalty(D, real, fake, one_sided=True, **kw)",
       "return gradient_penalty(D, real, fake, one_sided=False, **kw)",
-      ("tests/test_penalties.py::test_gradient_penalty",), "WGAN-LP two-sided"),
+      (KE,), "WGAN-LP two-sided", k="lipschitz"),
     M("pen-wgan-div-k-not-halved", "fastgan/penalty.py", "lr = _penalty(_critic_grad(D, real), k / 2,",
       "lr = _penalty(_critic_grad(D, real), k,", ("tests/test_penalties.py::test_wgan_div",), "WGAN-div real term weight k"),
     M("pen-wgan-div-fake-at-real", "fastgan/penalty.py", "lf = _penalty(_critic_grad(D, fake),",
@@ -247,13 +247,12 @@ MUTANTS = [
       '_check_real(target, "target")', ("tests/test_grad_norm.py::test_bad_options",), "negative target accepted"),
     M("pen-norms-dtype", "fastgan/penalty.py", "return (loss, norms.to(g.dtype)) if return_norms else loss",
       "return (loss, norms) if return_norms else loss",
-      ("tests/test_penalties.py::test_return_norms_and_dtype_float32", "tests/test_penalties.py::test_gradient_penalty_pac"),
-      "returned norms stay in the accumulation dtype"),
+      (KE,), "returned norms stay in the accumulation dtype", k="norms_in_the_input_dtype"),
     # ---- fastgan/ops/penalty.py
     M("ops-mean-scale", "fastgan/ops/penalty.py", 'scale = weight / grads.shape[0] if reduction == "mean" else weight',
       "scale = weight", why="fused CPU mean forgets 1/B", **GNP_CPU),
     M("ops-weight-dropped", "fastgan/ops/penalty.py", "return (loss if weight == 1 else weight * loss).to(grads.dtype), norms",
-      "return loss.to(grads.dtype), norms", tests=(KE,), k="gnp and (reference or triton)",
+      "return loss.to(grads.dtype), norms", tests=(KE,), k="weighted_penalties_scale and not cpu",
       why="non-CPU backends drop the regularizer weight"),
     # ---- fastgan/reference.py (the ground truth of the other tests)
     M("ref-two-sided-no-abs", "fastgan/reference.py", "else d.abs().pow(power)", "else d.pow(power)",
@@ -297,7 +296,8 @@ MUTANTS = [
     M("sn-registration-iterations", "fastgan/spectral.py", "_REGISTRATION_ITERATIONS = 15", "_REGISTRATION_ITERATIONS = 1",
       tests=(SE,), k="mix and reference", why="registration runs fewer power iterations than torch"),
     M("sn-transposed-dim", "fastgan/spectral.py", "dim = 1 if isinstance(module, _TRANSPOSED) else 0", "dim = 0",
-      ("tests/test_spectral_norm.py::test_training_sequence_matches_torch",), "ConvTranspose normalized along dim 0"),
+      ("tests/test_spectral_norm.py::test_training_sequence_matches_torch",), "ConvTranspose normalized along dim 0",
+      k="convT2d and not triton"),
     M("sn-v-not-copied-back", "fastgan/spectral.py", "torch._foreach_copy_([self._u, self._v], [us[0], vs[0]])",
       "torch._foreach_copy_([self._u], [us[0]])", tests=(SE,), k="mix and per_layer",
       why="per-layer power iteration never stores the new v"),
@@ -305,6 +305,6 @@ MUTANTS = [
       "torch._foreach_copy_(us, u_new)", tests=(SE,), k="mix and batched", why="batched hook never stores the new v"),
     # ---- fastgan/backend.py
     M("backend-cpu-on-any-device", "fastgan/backend.py", 'if name in ("cpu", "cuda") and device.type != name:',
-      'if name == "cuda" and device.type != name:', ("tests/test_grad_norm.py::test_backend_device_mismatch",),
-      "the cpu backend accepts tensors of other devices"),
+      'if name == "cuda" and device.type != name:', (KE,), "the cpu backend accepts tensors of other devices",
+      k="refuses_other_devices"),
 ]
