@@ -204,9 +204,15 @@ def main(argv=None):
     ap.add_argument("--scratch", default=os.path.join(tempfile.gettempdir(), "fastgan-mutation"))
     ap.add_argument("--timeout", type=float, default=600, help="seconds per mutant's test run")
     ap.add_argument("--json", help="write the per-mutant results here")
+    ap.add_argument("--reverse", action="store_true",
+                    help="run the selected mutants last to first (to split one run between two processes)")
+    ap.add_argument("--skip-baseline", action="store_true",
+                    help="do not re-run the unmutated tests (only when the same tree's baseline just passed)")
     ap.add_argument("--list", action="store_true")
     a = ap.parse_args(argv)
     ms = select(a.ids, a.only, a.python_only)
+    if a.reverse:
+        ms = ms[::-1]
     if a.list:
         for m in MUTANTS:
             tag = f"EQUIVALENT: {m.equivalent}" if m.equivalent else " ".join(test_args(m))
@@ -230,7 +236,7 @@ def main(argv=None):
         print(f"building the scratch copy in {scratch} ...", flush=True)
         build(scratch, 3600)
     # baseline: each selected test set passes unmutated
-    for tests in sorted({test_args(m) for m in ms}):
+    for tests in [] if a.skip_baseline else sorted({test_args(m) for m in ms}):
         rc, out, dt = run_tests(scratch, tests, a.timeout)
         if rc != 0:
             print(f"baseline FAILED for {' '.join(tests)} (rc {rc}); fix the tests first:\n{out[-3000:]}")
