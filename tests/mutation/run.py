@@ -186,8 +186,9 @@ def select(ids=None, only=None, python_only=False):
     ms = [m for m in MUTANTS if not m.equivalent]
     if only:
         ms = [m for m in ms if any(m.id.startswith(p) for p in only)]
-    if ids:
-        ms = [m for m in ms if m.id in ids]
+    if ids:  # in the order given
+        by_id = {m.id: m for m in ms}
+        ms = [by_id[i] for i in dict.fromkeys(ids) if i in by_id]
     if python_only:
         ms = [m for m in ms if not needs_build(m)]
     return ms
@@ -196,7 +197,7 @@ def select(ids=None, only=None, python_only=False):
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--only", nargs="*", help="id prefixes to run")
-    ap.add_argument("--ids", nargs="*", help="exact ids to run")
+    ap.add_argument("--ids", nargs="*", help="exact ids to run, in this order")
     ap.add_argument("--python-only", action="store_true", help="skip mutants that need a C++ rebuild")
     ap.add_argument("--no-build", action="store_true",
                     help="copy the source tree's built extension instead of building (only with --python-only)")
