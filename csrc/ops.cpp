@@ -51,4 +51,7 @@ TORCH_LIBRARY(fastgan, m) {
   // In place: every tensor of the list becomes clamp(t, lo, hi) (NaN stays NaN), storage kept.
   // One call for the whole list; kernels group it by (device, dtype) themselves.
   m.def("clip_weights_(Tensor(a!)[] tensors, float lo, float hi) -> ()");
+  // Test-only: elements the CPU kernel's span path has clamped since import, over all threads
+  // (tests/test_kernel_edges.py checks that each element is visited once).
+  m.def("_clip_span_elements() -> int");
 }

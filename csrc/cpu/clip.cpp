@@ -155,6 +155,14 @@ void fill_bounds(ClipBounds& b, at::ScalarType dt, double lo, double hi) {
   }
 }
 
+// Test-only introspection (tests/test_kernel_edges.py): elements clamped by the span path, summed
+// over threads. Every thread must visit exactly its own range; one that re-scanned from the first
+// span would clamp elements twice, which no output can show (clamp is idempotent). One relaxed
+// atomic add per thread per call.
+std::atomic<int64_t> g_span_elements{0};
+
+int64_t clip_span_elements() { return g_span_elements.load(); }
+
 void clip_weights_cpu(at::TensorList tensors, double lo, double hi) {
   clip_check_args(tensors, lo, hi, c10::DeviceType::CPU);
   std::vector<ClipSpan> spans;
@@ -182,12 +190,15 @@ void clip_weights_cpu(at::TensorList tensors, double lo, double hi) {
     // first span that contains element r0
     auto it = std::upper_bound(spans.begin(), spans.end(), r0,
                                [](int64_t v, const ClipSpan& s) { return v < s.begin; }) - 1;
+    int64_t visited = 0;
     for (int64_t r = r0; r < r1; ++it) {
       const int64_t end = (it + 1 == spans.end()) ? total : (it + 1)->begin;
       const int64_t n = std::min(end, r1) - r;
       piece(*it, r - it->begin, n, b);
       r += n;
+      visited += n;
     }
+    g_span_elements.fetch_add(visited, std::memory_order_relaxed);
   };
   // elements per thread at least: kGrainBytes at the list's mean element size
   const int64_t grain = std::max<int64_t>(1, total * kGrainBytes / bytes);
@@ -216,5 +227,7 @@ TORCH_LIBRARY_FRAGMENT(fastgan, m) {
   m.def("clip_cpu_isa() -> str", &clip_cpu_isa);
   m.def("clip_cpu_threading(str mode) -> str", &clip_cpu_threading);
 }
+// No tensor arguments: reachable from any dispatch key.
+TORCH_LIBRARY_IMPL(fastgan, CompositeImplicitAutograd, m) { m.impl("_clip_span_elements", &clip_span_elements); }
 
 }  // namespace fastgan
