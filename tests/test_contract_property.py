@@ -7,8 +7,9 @@ shapes, dtypes, layouts and grad modes for every public function.
   names the argument;
 * when it raises, no tensor, parameter, buffer, generator or global RNG state has changed.
 
-Hypothesis draws the cases (derandomized: the same cases on every CI run; set
-FASTGAN_PROPERTY_RANDOM=1 for fresh ones and FASTGAN_PROPERTY_EXAMPLES for more).
+tests/_cases.py draws the cases from seeded generators (hypothesis's API, without the dependency):
+the same cases on every CI run; FASTGAN_PROPERTY_RANDOM=1 for fresh ones, FASTGAN_PROPERTY_EXAMPLES
+for more.
 """
 import math
 import os
@@ -17,17 +18,14 @@ import numpy as np
 import pytest
 import torch
 import torch.nn as nn
-from hypothesis import HealthCheck, given, settings
-from hypothesis import strategies as st
 from torch.nn.utils import parametrize
 
 import fastgan as fg
+from _cases import given, settings, st
 from conftest import RTOL, available_backends, rel_err
 
 EXAMPLES = int(os.environ.get("FASTGAN_PROPERTY_EXAMPLES", "40"))
-SETTINGS = settings(max_examples=EXAMPLES, deadline=None, database=None, print_blob=True,
-                    derandomize=os.environ.get("FASTGAN_PROPERTY_RANDOM") != "1",
-                    suppress_health_check=list(HealthCheck))
+SETTINGS = settings(max_examples=EXAMPLES)
 BACKENDS = [b for b in available_backends(include_reference=True) if b != "cuda"]
 FLOATS = [torch.float64, torch.float32, torch.float16, torch.bfloat16]
 
