@@ -62,3 +62,37 @@ def small_triton_blocks(monkeypatch):
     monkeypatch.setattr(grad_norm, "TARGET_PROGRAMS", 8)
     monkeypatch.setattr(grad_norm, "FINAL_ROWS", 4)
     monkeypatch.setattr(grad_norm, "FINAL_SPLITS", 4)  # _finalize steps over the splits more than once
+
+
+def run_ranks(worker, world, deadline_s, what="worker"):
+    """Runs ``worker(rank, init_file, out_dir)`` in ``world`` spawned processes (file rendezvous: no port
+    to pick) and returns each rank's ``torch.load(out_dir/rank{r}.pt)``; a rank that hangs past
+    ``deadline_s`` is killed and fails the test, one whose result holds "worker" (a traceback) too."""
+    import tempfile
+    import time
+
+    import torch.multiprocessing as mp
+
+    with tempfile.TemporaryDirectory() as tmp:
+        init_file = os.path.join(tmp, "init")
+        ctx = mp.get_context("spawn")
+        procs = [ctx.Process(target=worker, args=(r, init_file, tmp), daemon=True) for r in range(world)]
+        for p in procs:
+            p.start()
+        deadline = time.monotonic() + deadline_s
+        for p in procs:
+            p.join(max(0.0, deadline - time.monotonic()))
+        hung = [r for r, p in enumerate(procs) if p.is_alive()]
+        for r in hung:
+            procs[r].kill()
+            procs[r].join()
+        if hung:
+            pytest.fail(f"{what} ranks {hung} did not finish within {deadline_s} s")
+        out = []
+        for r in range(world):
+            path = os.path.join(tmp, f"rank{r}.pt")
+            assert os.path.exists(path), f"rank {r} exited with code {procs[r].exitcode} and no result"
+            res = torch.load(path)
+            assert "worker" not in res, f"rank {r} failed:\n{res['worker']}"
+            out.append(res)
+        return out

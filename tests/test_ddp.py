@@ -8,18 +8,17 @@ on unsynchronised (local) gradients lands ~1e-2 away, far outside the tolerance.
 """
 import os
 import signal
-import tempfile
 import time
 import traceback
 
 import pytest
 import torch
 import torch.distributed as dist
-import torch.multiprocessing as mp
 import torch.nn as nn
 import torch.nn.functional as F
 
 import fastgan as fg
+from conftest import run_ranks
 
 pytestmark = pytest.mark.skipif(not dist.is_available() or not dist.is_gloo_available(),
                                 reason="torch built without gloo")
@@ -243,29 +242,7 @@ def _worker(rank, init_file, out_dir):
 @pytest.fixture(scope="module")
 def ranks():
     """Runs all scenarios in 2 gloo processes; returns [rank0 results, rank1 results]."""
-    with tempfile.TemporaryDirectory() as tmp:
-        init_file = os.path.join(tmp, "init")     # file rendezvous: no port to pick
-        ctx = mp.get_context("spawn")
-        procs = [ctx.Process(target=_worker, args=(r, init_file, tmp), daemon=True) for r in range(WORLD)]
-        for p in procs:
-            p.start()
-        deadline = time.monotonic() + DEADLINE_S
-        for p in procs:
-            p.join(max(0.0, deadline - time.monotonic()))
-        hung = [r for r, p in enumerate(procs) if p.is_alive()]
-        for r in hung:
-            procs[r].kill()
-            procs[r].join()
-        if hung:
-            pytest.fail(f"DDP worker ranks {hung} did not finish within {DEADLINE_S} s")
-        out = []
-        for r in range(WORLD):
-            path = os.path.join(tmp, f"rank{r}.pt")
-            assert os.path.exists(path), f"rank {r} exited with code {procs[r].exitcode} and no result"
-            res = torch.load(path)
-            assert "worker" not in res, f"rank {r} failed:\n{res['worker']}"
-            out.append(res)
-        return out
+    return run_ranks(_worker, WORLD, DEADLINE_S, "DDP worker")
 
 
 def _check(ranks, name):

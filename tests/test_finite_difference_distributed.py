@@ -7,18 +7,17 @@ result does not depend on the other rank's samples. The exact path through FSDP 
 with an error naming finite_difference and set_reshard_after_backward.
 """
 import os
-import tempfile
 import time
 import traceback
 
 import pytest
 import torch
 import torch.distributed as dist
-import torch.multiprocessing as mp
 import torch.nn as nn
 import torch.nn.functional as F
 
 import fastgan as fg
+from conftest import run_ranks
 
 pytestmark = pytest.mark.skipif(not dist.is_available() or not dist.is_gloo_available(),
                                 reason="torch built without gloo")
@@ -153,29 +152,7 @@ def _worker(rank, init_file, out_dir):
 
 @pytest.fixture(scope="module")
 def ranks():
-    with tempfile.TemporaryDirectory() as tmp:
-        init_file = os.path.join(tmp, "init")
-        ctx = mp.get_context("spawn")
-        procs = [ctx.Process(target=_worker, args=(r, init_file, tmp), daemon=True) for r in range(WORLD)]
-        for p in procs:
-            p.start()
-        deadline = time.monotonic() + DEADLINE_S
-        for p in procs:
-            p.join(max(0.0, deadline - time.monotonic()))
-        hung = [r for r, p in enumerate(procs) if p.is_alive()]
-        for r in hung:
-            procs[r].kill()
-            procs[r].join()
-        if hung:
-            pytest.fail(f"worker ranks {hung} did not finish within {DEADLINE_S} s")
-        out = []
-        for r in range(WORLD):
-            path = os.path.join(tmp, f"rank{r}.pt")
-            assert os.path.exists(path), f"rank {r} exited with code {procs[r].exitcode} and no result"
-            res = torch.load(path)
-            assert "worker" not in res, f"rank {r} failed:\n{res['worker']}"
-            out.append(res)
-        return out
+    return run_ranks(_worker, WORLD, DEADLINE_S)
 
 
 @pytest.mark.parametrize("name", list(SCENARIOS))

@@ -5,19 +5,17 @@ Equality is checked against today's critic-calling form and against independent 
 float64, on whole critic steps (value and every parameter's .grad after backward()).
 """
 import os
-import tempfile
 import time
 import traceback
 
 import pytest
 import torch
 import torch.distributed as dist
-import torch.multiprocessing as mp
 import torch.nn.functional as F
 from torch import nn
 
 import fastgan as fg
-from conftest import rel_err
+from conftest import rel_err, run_ranks
 
 TOL = 1e-12  # float64
 
@@ -618,29 +616,7 @@ def _ddp_worker(rank, init_file, out_dir):
 def ddp_ranks():
     if not dist.is_available() or not dist.is_gloo_available():
         pytest.skip("torch built without gloo")
-    with tempfile.TemporaryDirectory() as tmp:
-        ctx = mp.get_context("spawn")
-        procs = [ctx.Process(target=_ddp_worker, args=(r, os.path.join(tmp, "init"), tmp), daemon=True)
-                 for r in range(WORLD)]
-        for p in procs:
-            p.start()
-        deadline = time.monotonic() + DEADLINE_S
-        for p in procs:
-            p.join(max(0.0, deadline - time.monotonic()))
-        hung = [r for r, p in enumerate(procs) if p.is_alive()]
-        for r in hung:
-            procs[r].kill()
-            procs[r].join()
-        if hung:
-            pytest.fail(f"DDP worker ranks {hung} did not finish within {DEADLINE_S} s")
-        out = []
-        for r in range(WORLD):
-            path = os.path.join(tmp, f"rank{r}.pt")
-            assert os.path.exists(path), f"rank {r} exited with code {procs[r].exitcode} and no result"
-            res = torch.load(path)
-            assert "worker" not in res, f"rank {r} failed:\n{res['worker']}"
-            out.append(res)
-        return out
+    return run_ranks(_ddp_worker, WORLD, DEADLINE_S, "DDP worker")
 
 
 @pytest.mark.parametrize("name", list(DDP_SCENARIOS))
