@@ -297,11 +297,16 @@ def f32_critic():
     return nn.Sequential(nn.Linear(6, 32), nn.LeakyReLU(0.2), nn.Linear(32, 16), nn.LeakyReLU(0.2), nn.Linear(16, 1))
 
 
+# CPU here; CUDA wherever a GPU is visible (python -m fastgan gpucheck runs these there)
+AMP_DEVICES = ["cpu", pytest.param("cuda", marks=pytest.mark.skipif(not torch.cuda.is_available(),
+                                                                   reason="CUDA autocast needs a GPU"))]
+
+
 def recipe_r1(D, real, dtype, scale=None):
     """PyTorch's AMP recipe for a gradient penalty, written out: forward under autocast, inner
     gradient of the (scaled) output outside autocast, unscale, norm in float32."""
     x = real.detach().requires_grad_()
-    with torch.autocast("cpu", dtype=dtype):
+    with torch.autocast(real.device.type, dtype=dtype):
         out = D(x)
     s = out if scale is None else out * scale
     g = torch.autograd.grad(s.sum(), x, create_graph=True)[0]
@@ -313,11 +318,12 @@ def recipe_r1(D, real, dtype, scale=None):
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
 @pytest.mark.parametrize("scaled", [False, True])
 @pytest.mark.parametrize("form", ["D", "scores"])
-def test_penalty_under_autocast(dtype, scaled, form):
-    D = f32_critic()
-    real = torch.randn(8, 6, generator=torch.Generator().manual_seed(5))
-    scaler = torch.amp.GradScaler("cpu", init_scale=2.0 ** 10) if scaled else None
-    with torch.autocast("cpu", dtype=dtype):
+@pytest.mark.parametrize("device", AMP_DEVICES)
+def test_penalty_under_autocast(dtype, scaled, form, device):
+    D = f32_critic().to(device)
+    real = torch.randn(8, 6, generator=torch.Generator().manual_seed(5)).to(device)
+    scaler = torch.amp.GradScaler(device, init_scale=2.0 ** 10) if scaled else None
+    with torch.autocast(device, dtype=dtype):
         if form == "D":
             ours = fg.r1_penalty(D, real, scaler=scaler)
         else:
@@ -329,7 +335,7 @@ def test_penalty_under_autocast(dtype, scaled, form):
     for a, b in zip(param_grads(D, ours), param_grads(D, want)):
         assert rel_err(a, b) < 1e-4
     # and close to the float64 truth (low precision forward: loose)
-    D64 = f32_critic().double()
+    D64 = f32_critic().double().to(device)
     truth = fg.r1_penalty(D64, real.double())
     assert rel_err(ours, truth) < (3e-2 if dtype == torch.bfloat16 else 4e-3)
 
@@ -390,25 +396,26 @@ def tiny_critic():
 
 
 @pytest.mark.parametrize("form", ["D", "scores", "half"])
-def test_scaler_rescues_float16_underflow(form):
+@pytest.mark.parametrize("device", AMP_DEVICES)
+def test_scaler_rescues_float16_underflow(form, device):
     """autocast float16 (critic call or scores=), and a pure float16 critic without autocast (the
     scaled gradient is float16 itself: it must be unscaled in float32)."""
-    D = tiny_critic()
-    real = torch.rand(5, 6, generator=torch.Generator().manual_seed(7)).half().float()
+    D = tiny_critic().to(device)
+    real = torch.rand(5, 6, generator=torch.Generator().manual_seed(7)).half().float().to(device)
     truth = (D[2].weight.detach().double() @ D[0].weight.detach().double()).expand(5, 6).norm(dim=1)   # all units active
     assert float(truth.max()) < 2.98e-8       # rounds to 0 in float16
-    scaler = torch.amp.GradScaler("cpu", init_scale=2.0 ** 15)
+    scaler = torch.amp.GradScaler(device, init_scale=2.0 ** 15)
 
     def norms(scaler):
         if form == "half":
             return fg.r1_penalty(D.half(), real.half(), scaler=scaler, return_norms=True)[1].float()
-        with torch.autocast("cpu", dtype=torch.float16):
+        with torch.autocast(device, dtype=torch.float16):
             if form == "D":
                 return fg.r1_penalty(D, real, scaler=scaler, return_norms=True)[1]
             x = real.detach().requires_grad_()
             return fg.r1_penalty(real=x, scores=D(x), scaler=scaler, return_norms=True)[1]
 
-    assert torch.equal(norms(None), torch.zeros(5))        # underflowed: R1 silently off
+    assert torch.equal(norms(None), torch.zeros(5, device=device))   # underflowed: R1 silently off
     assert rel_err(norms(scaler), truth) < 1e-2            # scaled: the right norms
 
 
