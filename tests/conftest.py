@@ -96,3 +96,21 @@ def run_ranks(worker, world, deadline_s, what="worker"):
             assert "worker" not in res, f"rank {r} failed:\n{res['worker']}"
             out.append(res)
         return out
+
+
+def ddp(**kw):
+    """Critic wrapper for the 2-process tests: DistributedDataParallel with ``kw``."""
+    return lambda D: torch.nn.parallel.DistributedDataParallel(D, **kw)
+
+
+def fsdp(per_layer):
+    """Critic wrapper for the 2-process tests: FSDP2 ``fully_shard`` (each Linear too if ``per_layer``)."""
+    def wrap(D):
+        from torch.distributed.fsdp import fully_shard
+
+        if per_layer:
+            for m in D:
+                if isinstance(m, torch.nn.Linear):
+                    fully_shard(m)
+        return fully_shard(D)
+    return wrap

@@ -18,7 +18,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 import fastgan as fg
-from conftest import run_ranks
+from conftest import ddp, fsdp, run_ranks
 
 pytestmark = pytest.mark.skipif(not dist.is_available() or not dist.is_gloo_available(),
                                 reason="torch built without gloo")
@@ -126,22 +126,6 @@ def sn_critic(batched):
                 fg.spectral_norm(m)
         return D
     return make
-
-
-def ddp(**kw):
-    return lambda D: nn.parallel.DistributedDataParallel(D, **kw)
-
-
-def fsdp(per_layer):
-    def wrap(D):
-        from torch.distributed.fsdp import fully_shard
-
-        if per_layer:
-            for m in D:
-                if isinstance(m, nn.Linear):
-                    fully_shard(m)
-        return fully_shard(D)
-    return wrap
 
 
 SCENARIOS = {

@@ -17,7 +17,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 import fastgan as fg
-from conftest import run_ranks
+from conftest import ddp, fsdp, run_ranks
 
 pytestmark = pytest.mark.skipif(not dist.is_available() or not dist.is_gloo_available(),
                                 reason="torch built without gloo")
@@ -70,22 +70,6 @@ def step_approx_r1(D, opt, b):
     opt.zero_grad(set_to_none=True)
     loss.backward()
     opt.step()
-
-
-def ddp(**kw):
-    return lambda D: nn.parallel.DistributedDataParallel(D, **kw)
-
-
-def fsdp(per_layer):
-    def wrap(D):
-        from torch.distributed.fsdp import fully_shard
-
-        if per_layer:
-            for m in D:
-                if isinstance(m, nn.Linear):
-                    fully_shard(m)
-        return fully_shard(D)
-    return wrap
 
 
 SCENARIOS = {
