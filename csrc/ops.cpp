@@ -45,6 +45,13 @@ TORCH_LIBRARY(fastgan, m) {
   m.def("sn_normalize(Tensor weight, Tensor u, Tensor v, Tensor sigma, int dim) -> Tensor");
   // sn_normalize of a list of weights (every layer of a model in one call; CPU).
   m.def("sn_normalize_list(Tensor[] weights, Tensor[] us, Tensor[] vs, Tensor[] sigmas, int[] dims) -> Tensor[]");
+  // apply_spectral_norm's forward in one call (CPU): sn_power with u, v updated IN PLACE, then every
+  // W / sigma. Returns (W / sigma per layer, state): state packs per layer [sigma, u, v] (the values
+  // the normalization used, accumulation dtype), which the backward needs. All weights of one call
+  // share the accumulation dtype.
+  m.def(
+      "sn_power_normalize(Tensor[] weights, Tensor(a!)[] us, Tensor(b!)[] vs, int[] dims, int n_iter, float eps) "
+      "-> (Tensor[], Tensor)");
   // dW = grad / sigma - <grad, W> / sigma^2 * u v^T (u v^T laid out like W), contiguous.
   m.def("sn_normalize_backward(Tensor grad, Tensor weight, Tensor u, Tensor v, Tensor sigma, int dim) -> Tensor");
   // --- weight clipping (issue 5) ---

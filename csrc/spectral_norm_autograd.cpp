@@ -9,6 +9,7 @@
 #include <ATen/ATen.h>
 #include <ATen/core/dispatch/Dispatcher.h>
 #include <torch/autograd.h>
+#include <torch/csrc/autograd/variable.h>
 #include <torch/library.h>
 
 namespace fastgan {
@@ -33,6 +34,16 @@ std::vector<at::Tensor> call_normalize_list(at::TensorList w, at::TensorList u, 
                        .typed<std::vector<at::Tensor>(at::TensorList, at::TensorList, at::TensorList, at::TensorList,
                                                       at::IntArrayRef)>();
   return op.call(w, u, v, sigma, dims);
+}
+
+std::tuple<std::vector<at::Tensor>, at::Tensor> call_power_normalize(at::TensorList w, at::TensorList u,
+                                                                     at::TensorList v, at::IntArrayRef dims,
+                                                                     int64_t n_iter, double eps) {
+  static auto op = c10::Dispatcher::singleton()
+                       .findSchemaOrThrow("fastgan::sn_power_normalize", "")
+                       .typed<std::tuple<std::vector<at::Tensor>, at::Tensor>(
+                           at::TensorList, at::TensorList, at::TensorList, at::IntArrayRef, int64_t, double)>();
+  return op.call(w, u, v, dims, n_iter, eps);
 }
 
 at::Tensor call_backward(const at::Tensor& g, const at::Tensor& w, const at::Tensor& u, const at::Tensor& v,
@@ -112,6 +123,60 @@ class SnNormalizeList : public torch::autograd::Function<SnNormalizeList> {
   }
 };
 
+// One node for apply_spectral_norm's whole forward. Inputs flatten to w_0..w_n-1, u_0.., v_0.., then
+// dims, n_iter, eps; outputs are the n W / sigma and the state (non-differentiable), which is saved:
+// per layer [sigma, u, v] as the normalization used them.
+class SnPowerNormalize : public torch::autograd::Function<SnPowerNormalize> {
+ public:
+  static variable_list forward(AutogradContext* ctx, at::TensorList w, at::TensorList u, at::TensorList v,
+                               at::IntArrayRef dims, int64_t n_iter, double eps) {
+    variable_list outs;
+    {
+      at::AutoDispatchBelowADInplaceOrView guard;
+      auto [normalized, state] = call_power_normalize(w, u, v, dims, n_iter, eps);
+      outs = std::move(normalized);
+      outs.push_back(state);
+    }
+    if (n_iter)  // u, v were written in place: autograd must see it (as after torch's in-place copy)
+      for (at::TensorList list : {u, v})
+        for (const at::Tensor& t : list) torch::autograd::impl::bump_version(t);
+    variable_list saved(w.begin(), w.end());
+    saved.push_back(outs.back());
+    ctx->save_for_backward(saved);
+    ctx->saved_data["dims"] = dims.vec();
+    ctx->mark_non_differentiable({outs.back()});
+    return outs;
+  }
+
+  static variable_list backward(AutogradContext* ctx, variable_list grads) {
+    auto s = ctx->get_saved_variables();
+    const auto dims = ctx->saved_data["dims"].toIntVector();
+    const size_t n = dims.size();
+    const at::Tensor& state = s[n];
+    variable_list out(3 * n + 3);
+    int64_t off = 0;
+    for (size_t l = 0; l < n; ++l) {
+      const at::Tensor& w = s[l];
+      int64_t h = w.size(dims[l]);
+      const int64_t cols = w.numel() / std::max<int64_t>(h, 1);
+      if (grads[l].defined())
+        out[l] = backward_one(grads[l], w, state.narrow(0, off + 1, h), state.narrow(0, off + 1 + h, cols),
+                              state.narrow(0, off, 1), dims[l]);
+      off += 1 + h + cols;
+    }
+    return out;
+  }
+};
+
+std::tuple<std::vector<at::Tensor>, at::Tensor> sn_power_normalize_autograd(at::TensorList w, at::TensorList u,
+                                                                            at::TensorList v, at::IntArrayRef dims,
+                                                                            int64_t n_iter, double eps) {
+  variable_list outs = SnPowerNormalize::apply(w, u, v, dims, n_iter, eps);
+  at::Tensor state = outs.back();
+  outs.pop_back();
+  return {std::move(outs), std::move(state)};
+}
+
 std::vector<at::Tensor> sn_normalize_list_autograd(at::TensorList w, at::TensorList u, at::TensorList v,
                                                    at::TensorList sigma, at::IntArrayRef dims) {
   return SnNormalizeList::apply(w, u, v, sigma, dims);
@@ -127,6 +192,7 @@ at::Tensor sn_normalize_autograd(const at::Tensor& w, const at::Tensor& u, const
 TORCH_LIBRARY_IMPL(fastgan, Autograd, m) {
   m.impl("sn_normalize", &sn_normalize_autograd);
   m.impl("sn_normalize_list", &sn_normalize_list_autograd);
+  m.impl("sn_power_normalize", &sn_power_normalize_autograd);
 }
 
 }  // namespace fastgan

@@ -228,12 +228,12 @@ def test_apply_spectral_norm_batches_one_call_per_forward(monkeypatch):
     from fastgan.ops import spectral
 
     calls = []
-    real_power = spectral.power
-    monkeypatch.setattr(spectral, "power", lambda *a: calls.append(len(a[1])) or real_power(*a))
+    real = spectral.power_normalize
+    monkeypatch.setattr(spectral, "power_normalize", lambda *a: calls.append(len(a[1])) or real(*a))
     _, b = critic_pair(torch.float32, "cpu")
     calls.clear()
     b(torch.randn(2, 3, 8, 8), torch.randint(0, 3, (2,)))
-    assert calls == [5]  # all five layers in one sn_power call
+    assert calls == [5]  # all five layers in one power_normalize call
 
 
 def test_layer_used_twice_iterates_twice_like_torch():

@@ -208,18 +208,12 @@ double sigma_value(const at::Tensor& sigma) {
   return sigma.to(at::kDouble).item<double>();
 }
 
-at::Tensor sn_normalize_cpu(const at::Tensor& weight, const at::Tensor& u, const at::Tensor& v,
-                            const at::Tensor& sigma, int64_t dim) {
-  TORCH_CHECK(at::isFloatingType(weight.scalar_type()), "sn_normalize: weight must be floating point, got ",
-              weight.scalar_type());
-  // Elementwise: any dense layout (channels_last, ...) is read and written in its own order.
-  at::Tensor w = weight.is_non_overlapping_and_dense() ? weight : weight.contiguous();
-  // W/sigma is rebuilt every forward: large ones come from the block cache (no page faults)
-  at::Tensor out = cpu_empty_strided_cached(w.sizes(), w.strides(), w.scalar_type());
+// out = w / s, elementwise in w's own dense layout (w is non-overlapping and dense).
+void divide_into(const at::Tensor& w, at::Tensor& out, double sigma) {
   const int64_t n = w.numel();
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, w.scalar_type(), "sn_normalize_cpu", [&] {
     using acc_t = std::conditional_t<std::is_same_v<scalar_t, double>, double, float>;
-    const acc_t s = static_cast<acc_t>(sigma_value(sigma));
+    const acc_t s = static_cast<acc_t>(sigma);
     const scalar_t* src = w.const_data_ptr<scalar_t>();
     scalar_t* dst = out.mutable_data_ptr<scalar_t>();
     at::parallel_for(0, n, kGrain, [&](int64_t i0, int64_t i1) {
@@ -234,7 +228,22 @@ at::Tensor sn_normalize_cpu(const at::Tensor& weight, const at::Tensor& u, const
       }
     });
   });
+}
+
+// W / sigma: any dense layout (channels_last, ...) is read and written in its own order; W/sigma is
+// rebuilt every forward, so its storage comes from the block cache (no page faults).
+at::Tensor normalized(const at::Tensor& weight, double sigma) {
+  at::Tensor w = weight.is_non_overlapping_and_dense() ? weight : weight.contiguous();
+  at::Tensor out = cpu_empty_strided_cached(w.sizes(), w.strides(), w.scalar_type());
+  divide_into(w, out, sigma);
   return out;
+}
+
+at::Tensor sn_normalize_cpu(const at::Tensor& weight, const at::Tensor& u, const at::Tensor& v,
+                            const at::Tensor& sigma, int64_t dim) {
+  TORCH_CHECK(at::isFloatingType(weight.scalar_type()), "sn_normalize: weight must be floating point, got ",
+              weight.scalar_type());
+  return normalized(weight, sigma_value(sigma));
 }
 
 // sn_normalize of every layer of a model in one call (one dispatch, one autograd node).
@@ -248,6 +257,110 @@ std::vector<at::Tensor> sn_normalize_list_cpu(at::TensorList weights, at::Tensor
   out.reserve(n);
   for (size_t l = 0; l < n; ++l) out.push_back(sn_normalize_cpu(weights[l], us[l], vs[l], sigmas[l], dims[l]));
   return out;
+}
+
+// x (1-d, any dtype) into dst[0..n) of type T, or back: memcpy when the dtypes match.
+template <typename T>
+void load_vec(const at::Tensor& x, T* dst) {
+  if (x.scalar_type() == c10::CppTypeToScalarType<T>::value && x.is_contiguous()) {
+    std::memcpy(dst, x.const_data_ptr(), x.numel() * sizeof(T));
+  } else {
+    at::Tensor c = x.to(c10::CppTypeToScalarType<T>::value).contiguous();
+    std::memcpy(dst, c.const_data_ptr(), x.numel() * sizeof(T));
+  }
+}
+
+template <typename T>
+void store_vec(const T* src, at::Tensor& x) {
+  if (x.scalar_type() == c10::CppTypeToScalarType<T>::value && x.is_contiguous()) {
+    std::memcpy(x.mutable_data_ptr(), src, x.numel() * sizeof(T));
+  } else {
+    at::Tensor s = at::empty({x.numel()}, x.options().dtype(c10::CppTypeToScalarType<T>::value));
+    std::memcpy(s.mutable_data_ptr(), src, x.numel() * sizeof(T));
+    x.copy_(s);
+  }
+}
+
+// apply_spectral_norm's whole forward in one call: for every layer, n_iter power iterations updating
+// u and v IN PLACE (as torch's parametrization does), then W / sigma. The second output packs, per
+// layer, [sigma, u (h), v (A*K)] in the accumulation dtype: one allocation for all layers, which the
+// autograd node keeps for the backward (the buffers may be rewritten before it, e.g. by DDP).
+std::tuple<std::vector<at::Tensor>, at::Tensor> sn_power_normalize_cpu(at::TensorList weights, at::TensorList us,
+                                                                       at::TensorList vs, at::IntArrayRef dims,
+                                                                       int64_t n_iter, double eps) {
+  sn_check_lists(weights, us, vs, dims);
+  TORCH_CHECK(n_iter >= 0, "sn_power_normalize: n_iter must be >= 0, got ", n_iter);
+  const size_t n = weights.size();
+  const auto ct = n ? compute_type(weights[0].scalar_type()) : at::kFloat;
+  std::vector<int64_t> off(n + 1, 0);
+  std::vector<SnMat> mats;
+  mats.reserve(n);
+  for (size_t l = 0; l < n; ++l) {
+    TORCH_CHECK(compute_type(weights[l].scalar_type()) == ct, "sn_power_normalize: weights of one call must share ",
+                "the accumulation dtype, got ", weights[0].scalar_type(), " and ", weights[l].scalar_type());
+    mats.push_back(sn_mat(weights[l], dims[l]));
+    off[l + 1] = off[l] + 1 + mats[l].h + mats[l].cols();
+  }
+  at::Tensor state = at::empty({off[n]}, at::TensorOptions().dtype(ct));
+  // ws: W in the accumulation dtype, contiguous (the sweep's layout); src: W in its own dtype, dense
+  std::vector<at::Tensor> ws(n), src(n), outs(n);
+  for (size_t l = 0; l < n; ++l) {
+    const at::Tensor& wl = weights[l];
+    ws[l] = wl.scalar_type() == ct && wl.is_contiguous() ? wl : wl.to(ct).contiguous();
+    src[l] = wl.is_non_overlapping_and_dense() ? wl : wl.contiguous();
+    // W / sigma keeps W's dense layout (channels_last, ...); from the block cache (no page faults)
+    outs[l] = cpu_empty_strided_cached(src[l].sizes(), src[l].strides(), wl.scalar_type());
+  }
+  AT_DISPATCH_FLOATING_TYPES(ct, "sn_power_normalize_cpu", [&] {
+    using T = scalar_t;
+    T* st = state.mutable_data_ptr<T>();
+    // One layer, start to end: its power iteration, then W / sigma while W is still in cache.
+    auto layer = [&](size_t l) {
+      T* u = st + off[l] + 1;
+      T* v = u + mats[l].h;
+      load_vec(us[l], u);
+      load_vec(vs[l], v);
+      st[off[l]] = power_layer(ws[l].const_data_ptr<T>(), mats[l], u, v, n_iter, eps);
+      divide_into(src[l], outs[l], static_cast<double>(st[off[l]]));
+    };
+    // Large layers parallelize inside (chunks of the sweep, ranges of the division), one after the
+    // other. Small ones (most layers of a critic) would each pay a fork/join for little work: they
+    // run in ONE parallel region, each thread taking whole layers, split by element count. Results
+    // do not depend on the split: every layer's arithmetic is serial and in a fixed order.
+    std::vector<size_t> small;
+    int64_t small_elems = 0;
+    for (size_t l = 0; l < n; ++l) {
+      if (weights[l].numel() >= kChunk) {
+        layer(l);
+      } else {
+        small.push_back(l);
+        small_elems += weights[l].numel();
+      }
+    }
+    const int64_t parts = std::min<int64_t>(at::get_num_threads(), int64_t(small.size()));
+    if (parts <= 1 || small_elems < kGrain) {
+      for (size_t l : small) layer(l);
+    } else {
+      at::parallel_for(0, parts, 1, [&](int64_t p0, int64_t p1) {
+        // part p takes the layers whose first element falls in [p, p + 1) * small_elems / parts
+        int64_t before = 0;
+        for (size_t l : small) {
+          const int64_t part = before * parts / small_elems;
+          if (part >= p0 && part < p1) layer(l);
+          before += weights[l].numel();
+        }
+      });
+    }
+  });
+  for (size_t l = 0; l < n && n_iter; ++l) {  // the buffers, in place, as torch's parametrization does
+    at::Tensor ul = us[l], vl = vs[l];
+    AT_DISPATCH_FLOATING_TYPES(ct, "sn_power_normalize_store", [&] {
+      const scalar_t* u = state.const_data_ptr<scalar_t>() + off[l] + 1;
+      store_vec(u, ul);
+      store_vec(u + mats[l].h, vl);
+    });
+  }
+  return {outs, state};
 }
 
 at::Tensor sn_normalize_backward_cpu(const at::Tensor& grad, const at::Tensor& weight, const at::Tensor& u,
@@ -306,6 +419,7 @@ TORCH_LIBRARY_IMPL(fastgan, CPU, m) {
   m.impl("sn_power", &sn_power_cpu);
   m.impl("sn_normalize", &sn_normalize_cpu);
   m.impl("sn_normalize_list", &sn_normalize_list_cpu);
+  m.impl("sn_power_normalize", &sn_power_normalize_cpu);
   m.impl("sn_normalize_backward", &sn_normalize_backward_cpu);
 }
 

@@ -33,6 +33,14 @@ def _sn_normalize_list_fake(weights, us, vs, sigmas, dims):
     return [_sn_normalize_fake(w, u, v, s, d) for w, u, v, s, d in zip(weights, us, vs, sigmas, dims)]
 
 
+def _sn_power_normalize_fake(weights, us, vs, dims, n_iter, eps):
+    total = sum(1 + u.numel() + v.numel() for u, v in zip(us, vs))
+    acc = acc_dtype(weights[0].dtype) if weights else torch.float32
+    device = weights[0].device if weights else None
+    return ([_sn_normalize_fake(w, None, None, None, d) for w, d in zip(weights, dims)],
+            torch.empty(total, dtype=acc, device=device))
+
+
 def _sn_normalize_backward_fake(grad, weight, u, v, sigma, dim):
     return weight.new_empty(weight.shape)
 
@@ -82,6 +90,9 @@ if _ext.has_kernel("sn_power", "CPU"):
 HAS_NORMALIZE_LIST = _ext.has_kernel("sn_normalize_list", "CPU")  # an extension built before it lacks it
 if HAS_NORMALIZE_LIST:
     torch.library.register_fake("fastgan::sn_normalize_list")(_sn_normalize_list_fake)
+HAS_POWER_NORMALIZE = _ext.has_kernel("sn_power_normalize", "CPU")
+if HAS_POWER_NORMALIZE:
+    torch.library.register_fake("fastgan::sn_power_normalize")(_sn_power_normalize_fake)
 
 
 # fastgan_triton::sn_*, fakes and autograd registered here
@@ -117,6 +128,20 @@ def normalize(name, weight, u, v, sigma, dim):
     if name == "reference":
         return reference.sn_normalize(weight, u, v, dim)
     return ops(name).sn_normalize(weight, u, v, sigma, dim)
+
+
+def power_normalize(name, weights, us, vs, dims, n_iter, eps):
+    """Every layer's power iteration (u, v updated in place) and ``W / sigma``, with autograd; on
+    CPU one ``sn_power_normalize`` call (one dispatch, one autograd node, one allocation for the
+    saved u, v, sigma) instead of ``power`` + a copy into the buffers + ``normalize_all``."""
+    name = functorch_fallback(name, OP)
+    if name == "cpu" and HAS_POWER_NORMALIZE and not torch.compiler.is_compiling():
+        return torch.ops.fastgan.sn_power_normalize(weights, us, vs, dims, n_iter, eps)[0]
+    sigmas, u_new, v_new = power(name, [w.detach() for w in weights], us, vs, dims, n_iter, eps)
+    if n_iter:
+        with torch.no_grad():
+            torch._foreach_copy_(list(us) + list(vs), u_new + v_new)
+    return normalize_all(name, weights, u_new, v_new, sigmas, dims)
 
 
 def normalize_all(name, weights, us, vs, sigmas, dims):
