@@ -267,34 +267,37 @@ def _install_fast_access(module, name):
     def get(self):
         plist = self._modules["parametrizations"]._modules[name]
         mods = plist._modules
-        if len(mods) == 1 and _plain_context():
+        if len(mods) == 1:
             sn = mods["0"]
-            if type(sn) is _SpectralNorm and _plain_module(plist) and _plain_module(sn):
+            if type(sn) is _SpectralNorm and _plain_call(plist, sn):
+                handed = sn._handed
+                w_sn = handed[0]
+                if w_sn is not None:  # from apply_spectral_norm's pre-hook
+                    handed[0] = None
+                    return w_sn
                 original = plist._parameters.get("original")
-                if original is None:
-                    original = plist._buffers["original"]
-                return sn.forward(original)
+                return sn.forward(plist._buffers["original"] if original is None else original)
         return slow(self)
 
     get._fastgan_sn = True
     setattr(cls, name, property(get, prop.fset, prop.fdel, prop.__doc__))
 
 
-_module_globals = nn.modules.module
+_g = nn.modules.module
+_tracing_state = torch._C._get_tracing_state
 
 
-def _plain_context():
-    """No global module hooks, no parametrize caching, no JIT tracing, no torch.compile tracing."""
-    g = _module_globals
-    return not (g._global_forward_hooks or g._global_forward_pre_hooks or g._global_backward_hooks
-                or g._global_backward_pre_hooks or parametrize._cache_enabled
-                or torch._C._get_tracing_state() is not None or torch.compiler.is_compiling())
-
-
-def _plain_module(m):
-    """Whether ``m(x)`` is exactly ``m.forward(x)`` (nn.Module._call_impl's own fast-path test)."""
-    return not (m._forward_hooks or m._forward_pre_hooks or m._backward_hooks or m._backward_pre_hooks
-                or getattr(m, "_compiled_call_impl", None) is not None)
+def _plain_call(plist, sn):
+    """Whether torch's getter would do exactly ``sn.forward(original)``: nn.Module._call_impl's own
+    fast-path test for both modules (no hooks of theirs, no global ones), no parametrize caching,
+    no JIT tracing (Module.__call__ records scopes). Under torch.compile the op layer picks its
+    compile-friendly ops itself."""
+    return not (plist._forward_hooks or plist._forward_pre_hooks or plist._backward_hooks
+                or plist._backward_pre_hooks or sn._forward_hooks or sn._forward_pre_hooks or sn._backward_hooks
+                or sn._backward_pre_hooks or _g._global_forward_hooks or _g._global_forward_pre_hooks
+                or _g._global_backward_hooks or _g._global_backward_pre_hooks or parametrize._cache_enabled
+                or _tracing_state() is not None or plist._compiled_call_impl is not None
+                or sn._compiled_call_impl is not None)
 
 
 def _unwrap(hook):
@@ -387,6 +390,7 @@ class _BatchedPowerIteration:
     def __init__(self, layers):
         self.layers = layers  # [(module, ParametrizationList, _SpectralNorm)]
         self.handles = []  # of this hook and of clear(), removed once no layer is left
+        self._plan, self._last = None, []  # the grouping of the last forward and what it read
 
     def prune(self):
         """Forget the layers whose spectral norm is gone (fg.remove_spectral_norm, torch's
@@ -407,9 +411,21 @@ class _BatchedPowerIteration:
             self.handles.clear()
         return bool(live)
 
-    def __call__(self, model, args):
-        if not self.prune():
-            return
+    def _reads(self):
+        """What this forward reads, layer by layer (tensors and settings, compared by identity), or
+        None when some layer lost its spectral norm."""
+        reads = []
+        for m, plist, sn in self.layers:
+            pd = m._modules.get("parametrizations")
+            if sn._removed or pd is None or pd._modules.get("weight") is not plist or plist._modules.get("0") is not sn:
+                return None
+            b = sn._buffers
+            reads += (plist._parameters.get("original"), b.get("_u"), b.get("_v"), sn.training,
+                      sn.n_power_iterations, sn.eps, sn.backend)
+        return reads
+
+    def _group(self):
+        """[(backend, weights, us, vs, dims, n_iter, eps, handed slots)], one entry per call."""
         groups = {}
         for _, plist, sn in self.layers:
             w = plist._parameters["original"]
@@ -418,16 +434,29 @@ class _BatchedPowerIteration:
                 # torch's eager code: such layers iterate themselves when accessed
                 continue
             n = sn.n_power_iterations if sn.training else 0
-            key = (w.device, w.dtype, n, sn.eps, sn.backend)
-            groups.setdefault(key, []).append((w, sn))
+            groups.setdefault((w.device, w.dtype, n, sn.eps, sn.backend), []).append((w, sn))
+        plan = []
         for (device, _, n, eps, backend), items in groups.items():
-            name = _ops.resolve_backend(backend, device.type)
-            ws = [w for w, _ in items]
             sns = [sn for _, sn in items]
-            us, vs = [sn._buffers["_u"] for sn in sns], [sn._buffers["_v"] for sn in sns]
-            dims = [sn.dim for sn in sns]
-            for sn, w_sn in zip(sns, _ops.power_normalize(name, ws, us, vs, dims, n, eps)):
-                sn._handed[0] = w_sn
+            plan.append((_ops.resolve_backend(backend, device.type), [w for w, _ in items],
+                         [sn._buffers["_u"] for sn in sns], [sn._buffers["_v"] for sn in sns],
+                         [sn.dim for sn in sns], n, eps, [sn._handed for sn in sns]))
+        return plan
+
+    def __call__(self, model, args):
+        reads = self._reads()
+        if reads is None:  # a layer lost its spectral norm, or sits elsewhere in its list
+            if not self.prune():
+                return
+            self._plan = None
+            reads = [id(layer) for layer in self.layers]  # never equal to a list of tensors
+        # the grouping is per-layer Python: redone only when a tensor or setting changed (.to(),
+        # load_state_dict(assign=True), train/eval, ...), compared by identity
+        if self._plan is None or len(reads) != len(self._last) or any(a is not b for a, b in zip(reads, self._last)):
+            self._plan, self._last = self._group(), reads
+        for name, ws, us, vs, dims, n, eps, handed in self._plan:
+            for slot, w_sn in zip(handed, _ops.power_normalize(name, ws, us, vs, dims, n, eps)):
+                slot[0] = w_sn
 
     def clear(self, model, args, output):
         # a layer that the forward did not use must not pick up a stale W / sigma later

@@ -219,3 +219,55 @@ def test_torch_remove_parametrizations_removes_the_property():
     parametrize.remove_parametrizations(b, "weight")
     assert type(b) is nn.Conv2d and "weight" not in cls.__dict__
     assert isinstance(b.weight, nn.Parameter)
+
+
+# --------------------------------------------------------------------------------------------
+# apply_spectral_norm's cached grouping
+def critic():
+    return nn.Sequential(nn.Conv2d(3, 8, 3), nn.LeakyReLU(0.2), nn.Conv2d(8, 8, 3), nn.Flatten(), nn.Linear(8 * 4 * 4, 1))
+
+
+def twins():
+    torch.manual_seed(0)
+    a = critic()
+    b = copy.deepcopy(a)
+    torch.manual_seed(1)
+    for m in a.modules():
+        if isinstance(m, (nn.Conv2d, nn.Linear)):
+            torch_sn(m)
+    torch.manual_seed(1)
+    fg.apply_spectral_norm(b)
+    return a, b
+
+
+def sn_buffers(model):
+    return [t for name, t in model.named_buffers() if name.endswith(("_u", "_v"))]
+
+
+@pytest.mark.parametrize("change", ["n_power_iterations", "eps", "layer_eval", "to_double", "assign_buffers"])
+def test_grouping_follows_changes_between_forwards(change):
+    """The batched hook regroups its layers only when what it reads changed: a setting, a layer's
+    mode, the dtype, a buffer replaced; each change must reach the next forward as it does torch's."""
+    a, b = twins()
+    x = torch.randn(2, 3, 8, 8)
+    for step in range(3):
+        if step == 1:
+            for model in (a, b):
+                sn = model[2].parametrizations.weight[0]
+                if change == "n_power_iterations":
+                    sn.n_power_iterations = 4
+                elif change == "eps":
+                    sn.eps = 0.5  # above |W v|: changes u, v
+                elif change == "layer_eval":
+                    model[2].eval()
+                elif change == "to_double":
+                    model.double()
+                elif change == "assign_buffers":
+                    sd = {k: v.clone() * (2 if k.endswith("_u") else 1) for k, v in model.state_dict().items()}
+                    model.load_state_dict(sd, assign=True)
+            x = x.to(next(a.parameters()).dtype)
+        out_a, out_b = a(x), b(x)
+        tol = 1e-5  # float32 history (step 0) in every case
+        assert rel_err(out_b, out_a) <= tol, (change, step)
+        for ta, tb in zip(sn_buffers(a), sn_buffers(b)):
+            assert rel_err(tb, ta) <= tol, (change, step)
