@@ -271,3 +271,56 @@ def test_grouping_follows_changes_between_forwards(change):
         assert rel_err(out_b, out_a) <= tol, (change, step)
         for ta, tb in zip(sn_buffers(a), sn_buffers(b)):
             assert rel_err(tb, ta) <= tol, (change, step)
+
+
+# --------------------------------------------------------------------------------------------
+# the per-ISA copies of the loops
+_ISA_CHECK = """
+import torch, fastgan
+from fastgan import reference
+torch.manual_seed(0)
+ws = [torch.randn(s, dtype=dt).requires_grad_() for s in [(7, 13), (64, 64, 3, 3), (600, 230)] for dt in (torch.float32, torch.float64)]
+worst = 0.0
+for dt in (torch.float32, torch.float64):
+    w = [x for x in ws if x.dtype == dt]
+    dims = [0] * len(w)
+    us = [torch.nn.functional.normalize(torch.randn(x.shape[0], dtype=dt), dim=0) for x in w]
+    vs = [torch.nn.functional.normalize(torch.randn(x[0].numel(), dtype=dt), dim=0) for x in w]
+    s_ref, u_ref, v_ref = reference.sn_power([x.detach().double() for x in w], [u.double() for u in us],
+                                             [v.double() for v in vs], dims, 2, 1e-12)
+    out, _ = torch.ops.fastgan.sn_power_normalize(w, us, vs, dims, 2, 1e-12)
+    g = [torch.randn(x.shape, dtype=dt) for x in w]
+    grads = torch.autograd.grad(out, w, g)
+    tol = 1e-5 if dt == torch.float32 else 1e-12
+    for k in range(len(w)):
+        wr = w[k].detach().double().requires_grad_()
+        o = reference.sn_normalize(wr, u_ref[k], v_ref[k], 0)
+        (gr,) = torch.autograd.grad(o, wr, g[k].double())
+        for a, b in ((out[k], o), (grads[k], gr), (us[k], u_ref[k]), (vs[k], v_ref[k])):
+            worst = max(worst, float((a.double() - b).norm() / b.norm()) / tol)
+print(torch.backends.cpu.get_cpu_capability(), torch.ops.fastgan.sn_cpu_isa(), worst)
+"""
+
+
+@pytest.mark.parametrize("cap", [None, "avx2", "default"])
+def test_each_isa_copy_against_reference(cap):
+    """The loops run the ISA torch's kernels run (ATEN_CPU_CAPABILITY included) where the build has
+    it, and every copy matches the float64 reference (worst error / tolerance < 1)."""
+    import os
+    import subprocess
+    import sys
+
+    env = dict(os.environ)
+    env.pop("ATEN_CPU_CAPABILITY", None)
+    if cap:
+        env["ATEN_CPU_CAPABILITY"] = cap
+    torch_isa, ours, worst = subprocess.run([sys.executable, "-c", _ISA_CHECK], env=env, capture_output=True,
+                                            text=True, check=True).stdout.split()
+    assert float(worst) < 1.0, (cap, ours, worst)
+    if torch_isa == "AVX512":
+        with open("/proc/cpuinfo") as f:
+            flags = set(next(line for line in f if line.startswith("flags")).split(":")[1].split())
+        if {"avx512f", "avx512bw", "avx512vl", "avx512dq"} <= flags and os.environ.get("FASTGAN_NO_AVX512") != "1":
+            assert ours == "AVX512"
+    else:
+        assert ours in (torch_isa, "AVX2") and ours != "AVX512"  # the build's base ISA is AVX2 at most

@@ -8,6 +8,7 @@
 // pass forward and two backward. float16/bfloat16 weights are computed in float32.
 #include <ATen/Dispatch.h>
 #include <ATen/Parallel.h>
+#include <ATen/Version.h>
 #include <ATen/core/Tensor.h>
 #include <ATen/cpu/vec/vec.h>
 #include <ATen/ops/empty.h>
@@ -16,152 +17,86 @@
 
 #include <cmath>
 #include <cstring>
+#include <string>
 #include <vector>
 
 #include "block_cache.h"
 #include "../sn_layout.h"
 
+#define FASTGAN_SN_NS sn_base
+#include "sn_kernel.h"
+
 namespace fastgan {
+#if defined(FASTGAN_CPU_AVX512)
+namespace sn_avx512 {  // csrc/cpu/sn_avx512.cpp
+float power_f(const float*, const SnMat&, float*, float*, int64_t, double);
+double power_d(const double*, const SnMat&, double*, double*, int64_t, double);
+void divide_f(const float*, float*, int64_t, float);
+void divide_d(const double*, double*, int64_t, double);
+void backward_f(const float*, const float*, const float*, const float*, float*, const SnMat&, float);
+void backward_d(const double*, const double*, const double*, const double*, double*, const SnMat&, double);
+}  // namespace sn_avx512
+#endif
+
 namespace {
 
 using at::vec::Vectorized;
+using sn_base::kChunk;
+using sn_base::kGrain;
 
-// Elements of W per parallel task; smaller layers run on the calling thread.
-constexpr int64_t kGrain = 32768;
-// Elements of W per chunk of the power-iteration sweep (512 KB of float32): W v and W^T (W v)
-// read it while it is in L2.
-constexpr int64_t kChunk = 131072;
-// Columns of the W^T t partial sums updated per sweep over a chunk's rows (L1-resident).
-constexpr int64_t kColBlock = 512;
+// The copy of the hot loops this CPU runs (sn_kernel.h), picked once: torch's own choice
+// (at::get_cpu_capability(), which honours ATEN_CPU_CAPABILITY) where the CPU has it.
+struct SnIsa {
+  decltype(&sn_base::power_f) power_f;
+  decltype(&sn_base::power_d) power_d;
+  decltype(&sn_base::divide_f) divide_f;
+  decltype(&sn_base::divide_d) divide_d;
+  decltype(&sn_base::backward_f) backward_f;
+  decltype(&sn_base::backward_d) backward_d;
+  const char* name;
+};
 
-template <typename T>
-T dot(const T* a, const T* b, int64_t n) {
-  using Vec = Vectorized<T>;
-  constexpr int64_t W = Vec::size();
-  Vec a0(T(0)), a1(T(0)), a2(T(0)), a3(T(0));
-  int64_t i = 0;
-  for (; i + 4 * W <= n; i += 4 * W) {
-    a0 = at::vec::fmadd(Vec::loadu(a + i), Vec::loadu(b + i), a0);
-    a1 = at::vec::fmadd(Vec::loadu(a + i + W), Vec::loadu(b + i + W), a1);
-    a2 = at::vec::fmadd(Vec::loadu(a + i + 2 * W), Vec::loadu(b + i + 2 * W), a2);
-    a3 = at::vec::fmadd(Vec::loadu(a + i + 3 * W), Vec::loadu(b + i + 3 * W), a3);
-  }
-  for (; i + W <= n; i += W) a0 = at::vec::fmadd(Vec::loadu(a + i), Vec::loadu(b + i), a0);
-  Vec acc = (a0 + a1) + (a2 + a3);
-  T lanes[Vec::size()];
-  acc.store(lanes);
-  T s = 0;
-  for (int64_t k = 0; k < W; ++k) s += lanes[k];
-  for (; i < n; ++i) s += a[i] * b[i];
-  return s;
+bool sn_cpu_has_avx512() {
+#if defined(__x86_64__) && defined(__GNUC__)
+  __builtin_cpu_init();
+  return __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
+         __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512dq");
+#else
+  return false;
+#endif
 }
 
-// y += c0 x0 + c1 x1 + c2 x2 + c3 x3 (four rows per sweep over y)
-template <typename T>
-void axpy4(T* y, const T* x0, const T* x1, const T* x2, const T* x3, T c0, T c1, T c2, T c3, int64_t n) {
-  using Vec = Vectorized<T>;
-  constexpr int64_t W = Vec::size();
-  Vec v0(c0), v1(c1), v2(c2), v3(c3);
-  int64_t j = 0;
-  for (; j + W <= n; j += W) {
-    Vec acc = Vec::loadu(y + j);
-    acc = at::vec::fmadd(Vec::loadu(x0 + j), v0, acc);
-    acc = at::vec::fmadd(Vec::loadu(x1 + j), v1, acc);
-    acc = at::vec::fmadd(Vec::loadu(x2 + j), v2, acc);
-    acc = at::vec::fmadd(Vec::loadu(x3 + j), v3, acc);
-    acc.store(y + j);
-  }
-  for (; j < n; ++j) y[j] += x0[j] * c0 + x1[j] * c1 + x2[j] * c2 + x3[j] * c3;
+const SnIsa& isa() {
+  static const SnIsa chosen = [] {
+#if defined(FASTGAN_CPU_AVX512)
+    if (at::get_cpu_capability() == "AVX512" && sn_cpu_has_avx512())
+      return SnIsa{&sn_avx512::power_f, &sn_avx512::power_d, &sn_avx512::divide_f, &sn_avx512::divide_d,
+                   &sn_avx512::backward_f, &sn_avx512::backward_d, "AVX512"};
+#endif
+    return SnIsa{&sn_base::power_f, &sn_base::power_d, &sn_base::divide_f, &sn_base::divide_d,
+                 &sn_base::backward_f, &sn_base::backward_d,
+#if defined(CPU_CAPABILITY_AVX2)
+                 "AVX2"};
+#else
+                 "DEFAULT"};
+#endif
+  }();
+  return chosen;
 }
 
-template <typename T>
-void axpy(T* y, const T* x, T c, int64_t n) {
-  using Vec = Vectorized<T>;
-  constexpr int64_t W = Vec::size();
-  Vec cv(c);
-  int64_t j = 0;
-  for (; j + W <= n; j += W) at::vec::fmadd(Vec::loadu(x + j), cv, Vec::loadu(y + j)).store(y + j);
-  for (; j < n; ++j) y[j] += x[j] * c;
+float power_layer(const float* W, const SnMat& m, float* u, float* v, int64_t n_iter, double eps) {
+  return isa().power_f(W, m, u, v, n_iter, eps);
 }
-
-// t = W_mat v
-template <typename T>
-void mat_vec(const T* W, const SnMat& m, const T* v, T* t) {
-  const int64_t grain = std::max<int64_t>(1, kGrain / std::max<int64_t>(m.cols(), 1));
-  at::parallel_for(0, m.h, grain, [&](int64_t i0, int64_t i1) {
-    for (int64_t i = i0; i < i1; ++i) {
-      T acc = 0;
-      for (int64_t a = 0; a < m.A; ++a) acc += dot(W + (a * m.h + i) * m.K, v + a * m.K, m.K);
-      t[i] = acc;
-    }
-  });
+double power_layer(const double* W, const SnMat& m, double* u, double* v, int64_t n_iter, double eps) {
+  return isa().power_d(W, m, u, v, n_iter, eps);
 }
-
-// One power iteration in ONE sweep over W: rows are taken in cache-sized chunks; each chunk gives
-// t = W_c v (its rows of W v) and, while W_c is still in cache, adds W_c^T t into its own slice of
-// partial sums. Since u = t / d with d = max(|t|, eps), W^T u = (sum over chunks of W_c^T t_c) / d.
-// Chunk boundaries do not depend on the thread count, and partials are added in chunk order, so
-// the result is deterministic. Returns |s|^2 with s = W^T u left in v (not yet normalized).
-template <typename T>
-T sweep(const T* W, const SnMat& m, T* u, T* v, std::vector<T>& partial, double eps) {
-  const int64_t w = m.cols();
-  const int64_t rows = std::max<int64_t>(1, kChunk / std::max<int64_t>(w, 1));
-  const int64_t chunks = (m.h + rows - 1) / rows;
-  partial.assign(chunks * w, T(0));
-  at::parallel_for(0, chunks, 1, [&](int64_t c0, int64_t c1) {
-    for (int64_t c = c0; c < c1; ++c) {
-      const int64_t i0 = c * rows, i1 = std::min(m.h, i0 + rows);
-      T* ps = partial.data() + c * w;
-      for (int64_t i = i0; i < i1; ++i) {
-        T acc = 0;
-        for (int64_t a = 0; a < m.A; ++a) acc += dot(W + (a * m.h + i) * m.K, v + a * m.K, m.K);
-        u[i] = acc;
-      }
-      // column blocks keep their slice of the partial sums in L1
-      for (int64_t a = 0; a < m.A; ++a) {
-        for (int64_t k0 = 0; k0 < m.K; k0 += kColBlock) {
-          const int64_t len = std::min(kColBlock, m.K - k0);
-          const T* base = W + a * m.h * m.K + k0;
-          T* out = ps + a * m.K + k0;
-          int64_t i = i0;
-          for (; i + 4 <= i1; i += 4)
-            axpy4(out, base + i * m.K, base + (i + 1) * m.K, base + (i + 2) * m.K, base + (i + 3) * m.K, u[i],
-                  u[i + 1], u[i + 2], u[i + 3], len);
-          for (; i < i1; ++i) axpy(out, base + i * m.K, u[i], len);
-        }
-      }
-    }
-  });
-  const T d = std::max(std::sqrt(dot(u, u, m.h)), static_cast<T>(eps));
-  for (int64_t i = 0; i < m.h; ++i) u[i] = u[i] / d;
-  // s = (sum of partials) / d, by column blocks, chunks in order
-  at::parallel_for(0, w, std::max<int64_t>(1, kGrain / std::max<int64_t>(chunks, 1)), [&](int64_t j0, int64_t j1) {
-    for (int64_t j = j0; j < j1; ++j) {
-      T acc = 0;
-      for (int64_t c = 0; c < chunks; ++c) acc += partial[c * w + j];
-      v[j] = acc / d;
-    }
-  });
-  return dot(v, v, w);
+void backward_rows(const float* g, const float* w, const float* u, const float* v, float* o, const SnMat& m,
+                   float s) {
+  isa().backward_f(g, w, u, v, o, m, s);
 }
-
-// One layer: u, v hold the current vectors and are updated in place; returns sigma.
-template <typename T>
-T power_layer(const T* W, const SnMat& m, T* u, T* v, int64_t n_iter, double eps) {
-  if (n_iter == 0) {
-    std::vector<T> t(m.h);
-    mat_vec(W, m, v, t.data());
-    return dot(u, t.data(), m.h);
-  }
-  T sigma = 0;
-  std::vector<T> partial;
-  for (int64_t it = 0; it < n_iter; ++it) {
-    const T ss = sweep(W, m, u, v, partial, eps);
-    const T d = std::max(std::sqrt(ss), static_cast<T>(eps));
-    for (int64_t j = 0; j < m.cols(); ++j) v[j] = v[j] / d;
-    sigma = ss / d;  // u^T W v = s.v = |s|^2 / max(|s|, eps)
-  }
-  return sigma;
+void backward_rows(const double* g, const double* w, const double* u, const double* v, double* o, const SnMat& m,
+                   double s) {
+  isa().backward_d(g, w, u, v, o, m, s);
 }
 
 at::ScalarType compute_type(at::ScalarType t) { return t == at::kDouble ? at::kDouble : at::kFloat; }
@@ -211,21 +146,20 @@ double sigma_value(const at::Tensor& sigma) {
 // out = w / s, elementwise in w's own dense layout (w is non-overlapping and dense).
 void divide_into(const at::Tensor& w, at::Tensor& out, double sigma) {
   const int64_t n = w.numel();
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, w.scalar_type(), "sn_normalize_cpu", [&] {
-    using acc_t = std::conditional_t<std::is_same_v<scalar_t, double>, double, float>;
-    const acc_t s = static_cast<acc_t>(sigma);
+  if (w.scalar_type() == at::kFloat) {
+    isa().divide_f(w.const_data_ptr<float>(), out.mutable_data_ptr<float>(), n, static_cast<float>(sigma));
+    return;
+  }
+  if (w.scalar_type() == at::kDouble) {
+    isa().divide_d(w.const_data_ptr<double>(), out.mutable_data_ptr<double>(), n, sigma);
+    return;
+  }
+  AT_DISPATCH_REDUCED_FLOATING_TYPES(w.scalar_type(), "sn_normalize_cpu", [&] {
+    const float s = static_cast<float>(sigma);
     const scalar_t* src = w.const_data_ptr<scalar_t>();
     scalar_t* dst = out.mutable_data_ptr<scalar_t>();
     at::parallel_for(0, n, kGrain, [&](int64_t i0, int64_t i1) {
-      if constexpr (std::is_same_v<scalar_t, acc_t>) {
-        using Vec = Vectorized<acc_t>;
-        const Vec sv(s);
-        int64_t i = i0;
-        for (; i + Vec::size() <= i1; i += Vec::size()) (Vec::loadu(src + i) / sv).store(dst + i);
-        for (; i < i1; ++i) dst[i] = src[i] / s;
-      } else {
-        for (int64_t i = i0; i < i1; ++i) dst[i] = static_cast<scalar_t>(static_cast<acc_t>(src[i]) / s);
-      }
+      for (int64_t i = i0; i < i1; ++i) dst[i] = static_cast<scalar_t>(static_cast<float>(src[i]) / s);
     });
   });
 }
@@ -378,42 +312,17 @@ at::Tensor sn_normalize_backward_cpu(const at::Tensor& grad, const at::Tensor& w
     const T* up = uc.const_data_ptr<T>();
     const T* vp = vc.const_data_ptr<T>();
     T* op = out.mutable_data_ptr<T>();
-    const int64_t rows = m.A * m.h;  // (a, i) rows of K elements
-    // <grad, W> over fixed row blocks, added in order: independent of the thread count
-    const int64_t rb = std::max<int64_t>(1, kGrain / std::max<int64_t>(m.K, 1));
-    const int64_t nblk = (rows + rb - 1) / rb;
-    std::vector<T> part(nblk);
-    at::parallel_for(0, nblk, 1, [&](int64_t b0, int64_t b1) {
-      for (int64_t b = b0; b < b1; ++b) {
-        const int64_t r0 = b * rb, r1 = std::min(rows, r0 + rb);
-        part[b] = dot(gp + r0 * m.K, wp + r0 * m.K, (r1 - r0) * m.K);
-      }
-    });
-    T gw = 0;
-    for (T p : part) gw += p;
-    const T s = static_cast<T>(sig);
-    const T c = gw / (s * s);
-    at::parallel_for(0, rows, rb, [&](int64_t r0, int64_t r1) {
-      using Vec = Vectorized<T>;
-      const Vec sv(s);
-      for (int64_t r = r0; r < r1; ++r) {
-        const int64_t a = r / m.h, i = r % m.h;
-        const T cu = c * up[i];
-        const Vec cuv(cu);
-        const T* gr = gp + r * m.K;
-        const T* vr = vp + a * m.K;
-        T* o = op + r * m.K;
-        int64_t k = 0;
-        for (; k + Vec::size() <= m.K; k += Vec::size())
-          (Vec::loadu(gr + k) / sv - cuv * Vec::loadu(vr + k)).store(o + k);
-        for (; k < m.K; ++k) o[k] = gr[k] / s - cu * vr[k];
-      }
-    });
+    backward_rows(gp, wp, up, vp, op, m, static_cast<T>(sig));
   });
   return out.to(weight.scalar_type());
 }
 
+std::string sn_cpu_isa() { return isa().name; }
+
 }  // namespace
+
+// Which copy of the spectral-norm loops this CPU runs: "AVX512", "AVX2" or "DEFAULT".
+TORCH_LIBRARY_FRAGMENT(fastgan, m) { m.def("sn_cpu_isa() -> str", &sn_cpu_isa); }
 
 TORCH_LIBRARY_IMPL(fastgan, CPU, m) {
   m.impl("sn_power", &sn_power_cpu);
