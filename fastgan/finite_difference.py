@@ -145,7 +145,9 @@ def penalty(D, x, on_grad, batch=None):
     b = x.shape[0]
     st = None if _compiling() else _State(x.device)
     seen = []
-    xr = x.requires_grad_(True) if not x.requires_grad else x.detach().requires_grad_(True)
+    # xr: an alias of x that requires grad, for the value pass only; x itself stays a constant, so the
+    # +- evaluations' backward computes no input gradient (the first layer's) and fills no x.grad
+    xr = x.detach().requires_grad_(True)
     with torch.enable_grad():
         hook = None
         if st is not None:
