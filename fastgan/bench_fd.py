@@ -4,8 +4,12 @@
 times the same steps round-robin in-process). Peak memory is VmHWM from /proc/self/status of a
 fresh process that builds the critic and runs the steps of one method only (ru_maxrss would carry
 the parent's peak over fork). Methods: ``exact`` (double backward; the ViT critic under the math
-attention kernel, the fused one has no double backward), ``fd`` (method="finite_difference", fused
-attention), ``approx`` (approx_r1_penalty; on the R1 rows only).
+attention kernel for the whole step, the fused one has no double backward), ``exact_pm`` (ViT rows
+only: the math kernel only around the penalty, the loss's own D(real), D(fake) on the fused kernel,
+as a user who knows this would write it), ``fd`` (method="finite_difference", fused attention),
+``approx`` (approx_r1_penalty; on the R1 rows only). Time: wall clock and the process's CPU time
+(1 thread: CPU time is what the step costs when other jobs share the cores; wall time then also
+counts the time the scheduler gave to them).
 """
 import argparse
 import json
@@ -52,16 +56,28 @@ def _context(critic, method):
     return contextlib.nullcontext()
 
 
+def _penalty_context(method):
+    # exact_pm: the math kernel only where double backward needs it (a no-op on critics without SDPA)
+    if method == "exact_pm":
+        from torch.nn.attention import SDPBackend, sdpa_kernel
+        return sdpa_kernel(SDPBackend.MATH)
+    import contextlib
+    return contextlib.nullcontext()
+
+
 def loss_fn(D, real, fake, alpha, penalty, method):
     """The critic loss: WGAN + gradient penalty ("gp") or non-saturating + R1 ("r1")."""
-    m = "double_backward" if method == "exact" else "finite_difference"
+    m = "double_backward" if method in ("exact", "exact_pm") else "finite_difference"
     if penalty == "gp":
-        return D(fake).mean() - D(real).mean() + fg.gradient_penalty(D, real, fake, alpha=alpha, method=m)
+        loss = D(fake).mean() - D(real).mean()
+        with _penalty_context(method):
+            return loss + fg.gradient_penalty(D, real, fake, alpha=alpha, method=m)
     s_real = D(real)
     loss = F.softplus(-s_real).mean() + F.softplus(D(fake)).mean()
     if method == "approx":
         return loss + fg.approx_r1_penalty(D, real, weight=100.0, sigma=0.01, scores=s_real)
-    return loss + fg.r1_penalty(D, real, method=m)
+    with _penalty_context(method):
+        return loss + fg.r1_penalty(D, real, method=m)
 
 
 def step_fn(critic, penalty, method, quick=False):
@@ -80,7 +96,7 @@ def penalty_grads(critic, penalty, method, quick=False, dtype=torch.float32):
     """Parameter gradients of the penalty alone (same init and data for every method)."""
     D, real, fake, alpha, _ = make(critic, quick)
     D, real, fake, alpha = D.to(dtype), real.to(dtype), fake.to(dtype), alpha.to(dtype)
-    m = "double_backward" if method == "exact" else "finite_difference"
+    m = "double_backward" if method in ("exact", "exact_pm") else "finite_difference"
     with _context(critic, method):
         p = (fg.gradient_penalty(D, real, fake, alpha=alpha, method=m) if penalty == "gp"
              else fg.r1_penalty(D, real, method=m))
@@ -108,14 +124,17 @@ def _worker(critic, penalty, method, steps, quick, threads):
     step = step_fn(critic, penalty, method, quick)
     base = vm_hwm_kib()
     step()                                    # warm-up (allocator, lazy init)
-    times = []
+    times, cpu = [], []
     for _ in range(steps):
-        t0 = time.perf_counter()
+        c0, t0 = time.process_time(), time.perf_counter()
         step()
         times.append(time.perf_counter() - t0)
+        cpu.append(time.process_time() - c0)
     times.sort()
+    cpu.sort()
     return {"critic": critic, "penalty": penalty, "method": method, "median_s": times[len(times) // 2],
-            "min_s": times[0], "vmhwm_kib": vm_hwm_kib(), "vmhwm_before_kib": base}
+            "min_s": times[0], "median_cpu_s": cpu[len(cpu) // 2], "vmhwm_kib": vm_hwm_kib(),
+            "vmhwm_before_kib": base}
 
 
 def measure(critic, penalty, method, steps=5, quick=False, threads=1):
@@ -133,7 +152,7 @@ def run(rounds=3, steps=5, quick=False, threads=1):
     """Round-robin over methods (load drifts): per row, medians over rounds of each method."""
     results = []
     for critic, penalty in ROWS:
-        methods = ["exact", "fd"] + (["approx"] if penalty == "r1" else [])
+        methods = ["exact"] + (["exact_pm"] if critic == "vit" else []) + ["fd"] + (["approx"] if penalty == "r1" else [])
         per = {m: [] for m in methods}
         for _ in range(rounds):
             for m in methods:
@@ -143,22 +162,42 @@ def run(rounds=3, steps=5, quick=False, threads=1):
         for m, rs in per.items():
             ts = sorted(r["median_s"] for r in rs)
             mem = sorted(r["vmhwm_kib"] for r in rs)
-            row[m] = {"median_s": ts[len(ts) // 2], "vmhwm_mib": mem[len(mem) // 2] / 1024,
-                      "rounds_s": [r["median_s"] for r in rs]}
+            cs = sorted(r["median_cpu_s"] for r in rs)
+            row[m] = {"median_s": ts[len(ts) // 2], "median_cpu_s": cs[len(cs) // 2],
+                      "vmhwm_mib": mem[len(mem) // 2] / 1024,
+                      "rounds_s": [r["median_s"] for r in rs], "rounds_cpu_s": [r["median_cpu_s"] for r in rs]}
         row["fd_speedup"] = row["exact"]["median_s"] / row["fd"]["median_s"]
+        row["fd_speedup_cpu"] = row["exact"]["median_cpu_s"] / row["fd"]["median_cpu_s"]
+        if "exact_pm" in row:
+            row["fd_speedup_pm"] = row["exact_pm"]["median_s"] / row["fd"]["median_s"]
+            row["fd_speedup_pm_cpu"] = row["exact_pm"]["median_cpu_s"] / row["fd"]["median_cpu_s"]
         row["fd_mem_ratio"] = row["fd"]["vmhwm_mib"] / row["exact"]["vmhwm_mib"]
+        row["loadavg"] = _loadavg()
         results.append(row)
         print(format_row(row), flush=True)
     return results
 
 
+def _loadavg():
+    try:
+        with open("/proc/loadavg") as f:
+            return " ".join(f.read().split()[:3])
+    except OSError:
+        return None
+
+
 def format_row(r):
     s = (f"{r['label']:<42} {r['penalty']:<3} exact {r['exact']['median_s'] * 1e3:8.1f} ms "
-         f"{r['exact']['vmhwm_mib']:7.0f} MiB | fd {r['fd']['median_s'] * 1e3:8.1f} ms {r['fd']['vmhwm_mib']:7.0f} MiB"
-         f" | fd speedup {r['fd_speedup']:.2f}x, memory {r['fd_mem_ratio']:.2f}x, fd grad rel err {r['fd_rel_err_f32']:.1e}")
+         f"(cpu {r['exact']['median_cpu_s'] * 1e3:.1f}) {r['exact']['vmhwm_mib']:7.0f} MiB | fd "
+         f"{r['fd']['median_s'] * 1e3:8.1f} ms (cpu {r['fd']['median_cpu_s'] * 1e3:.1f}) {r['fd']['vmhwm_mib']:7.0f} MiB"
+         f" | fd speedup {r['fd_speedup']:.2f}x (cpu {r['fd_speedup_cpu']:.2f}x), memory {r['fd_mem_ratio']:.2f}x, "
+         f"fd grad rel err {r['fd_rel_err_f32']:.1e}")
+    if "exact_pm" in r:
+        s += (f" | exact_pm {r['exact_pm']['median_s'] * 1e3:.1f} ms (cpu {r['exact_pm']['median_cpu_s'] * 1e3:.1f}), "
+              f"fd speedup vs it {r['fd_speedup_pm']:.2f}x (cpu {r['fd_speedup_pm_cpu']:.2f}x)")
     if "approx" in r:
         s += f" | approx {r['approx']['median_s'] * 1e3:.1f} ms {r['approx']['vmhwm_mib']:.0f} MiB"
-    return s
+    return s + f" | loadavg {r.get('loadavg')}"
 
 
 def main(argv=None):

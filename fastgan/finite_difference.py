@@ -145,7 +145,9 @@ def penalty(D, x, on_grad, batch=None):
     b = x.shape[0]
     st = None if _compiling() else _State(x.device)
     seen = []
-    xr = x.requires_grad_(True) if not x.requires_grad else x.detach().requires_grad_(True)
+    # xr: an alias of x that requires grad, for the value pass only; x itself stays a constant, so the
+    # +- evaluations' backward computes no input gradient (the first layer's) and fills no x.grad
+    xr = x.detach().requires_grad_(True)
     with torch.enable_grad():
         hook = None
         if st is not None:
@@ -205,7 +207,7 @@ def penalty(D, x, on_grad, batch=None):
         s = t.expand(b)                                    # x_i +- s_i v_i
         w = torch.where(vtot > 0, 0.5 / t, torch.zeros_like(t)).expand(b)
     else:
-        rms = xf.pow(2).mean(dim=1).sqrt()
+        rms = torch.linalg.vector_norm(xf, dim=1) / math.sqrt(xf.shape[1])
         rms = torch.where(torch.isfinite(rms) & (rms > 0), rms, torch.ones_like(rms))
         h = base * rms                                     # step length of sample i
         pos = vn > 0
@@ -214,11 +216,11 @@ def penalty(D, x, on_grad, batch=None):
     delta = (s.unsqueeze(1) * vf).to(x.dtype).view_as(x)
 
     diffs = []
-    for sign in (1.0, -1.0):
+    for shifted in (x + delta, x - delta):   # constants: the backward takes no input gradient here
         if st is not None:
             st.before_evaluation()
         with torch.enable_grad(), distributed._watch_ddp(D, fsdp_ok=True):
-            diffs.append(_scores(D(x + sign * delta)))
+            diffs.append(_scores(D(shifted)))
     if st is not None:
         st.done()
     dp, dm = diffs

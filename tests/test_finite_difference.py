@@ -90,6 +90,32 @@ def test_default_is_exact_and_loss_backward_works():
     assert rel(g_fd, g_ex) < 1e-7
 
 
+class _Recording(nn.Module):
+    """Records whether each call's input requires grad."""
+
+    def __init__(self, D):
+        super().__init__()
+        self.D, self.calls = D, []
+
+    def forward(self, x):
+        self.calls.append(x.requires_grad)
+        return self.D(x)
+
+
+@pytest.mark.parametrize("name", ["gradient_penalty", "r1_penalty"])
+def test_shifted_evaluations_take_constant_inputs(name):
+    """Only the value pass differentiates w.r.t. the input; the two shifted evaluations take constant
+    inputs, so loss.backward() spends nothing on the critic's input gradient (the first layer's
+    transposed op) for them, and the result is unchanged."""
+    D = _Recording(smooth_critic(torch.float64))
+    x = data(torch.float64)
+    loss = PENALTIES[name](D, x, method=FD)
+    assert D.calls == [True, False, False]
+    D.calls.clear()
+    g_ex = param_grads(D, PENALTIES[name](D, x))
+    assert rel(param_grads(D, loss), g_ex) < 1e-7
+
+
 def sdpa_critic(dtype, seed=0, dropout=0.0):
     from fastgan._bench_models import ViTCritic
     torch.manual_seed(seed)
