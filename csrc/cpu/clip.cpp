@@ -1,7 +1,8 @@
 // CPU kernel of weight clipping: one call clamps a whole parameter list in place, in a single
 // vectorized pass (min and max together), split across threads by element ranges (one parallel
-// region sized by the work, or one thread where timing says so: see run_adaptive), so one huge
-// tensor and a thousand tiny ones cost one dispatch.
+// region sized by the work wherever the per-tensor clamp_ loop would open one; for lists of small
+// tensors only, one thread unless timing says otherwise: see run_adaptive), so one huge tensor
+// and a thousand tiny ones cost one dispatch.
 //
 // The clamp loop (clip_kernel.h) is compiled once per ISA, like torch's kernels: here with the
 // build's flags (AVX2 on an AVX2 machine) and in clip_avx512.cpp for AVX-512; the copy is picked
@@ -17,6 +18,7 @@
 #include <algorithm>
 #include <atomic>
 #include <chrono>
+#include <functional>
 #include <string>
 #include <vector>
 
@@ -72,11 +74,15 @@ const Isa& clip_isa() {
 std::string clip_cpu_isa() { return clip_isa().name; }
 
 // --- serial or parallel -------------------------------------------------------------------
-// A list of at least 2 grains may use several threads (as many as it has grains). Whether that
-// pays depends on the machine's state as much as on the work: an idle core wakes in microseconds,
-// but when other processes hold every core, the parallel region ends only when the woken thread
-// gets a time slice (milliseconds; torch's own clamp_ loop suffers the same). So "adaptive" (the
-// default) times both choices per size class (log2 of the list's bytes) and runs the faster,
+// A list of at least 2 grains may use several threads (as many as it has grains). When it holds
+// a tensor that torch's clamp_ would split (above at::internal::GRAIN_SIZE elements), the split
+// is by work, always: the per-tensor loop this replaces opens a parallel region for that tensor
+// anyway, so one region for the whole list never wakes the pool more often than the loop does.
+// A list of small tensors only is different: the loop runs it on one thread, and whether waking
+// a thread pays depends on the machine's state as much as on the work: an idle core wakes in
+// microseconds, but when other processes hold every core, the parallel region ends only when the
+// woken thread gets a time slice (milliseconds). So for those lists "adaptive" (the default)
+// times both choices per size class (log2 of the list's bytes) and runs the faster,
 // re-timing the other one now and then (every 16 calls, backing off to every 256 while it
 // keeps losing). The result is the same either way (an elementwise clamp); only time differs.
 enum Threading : int { kAdaptive = 0, kSerial = 1, kParallel = 2 };
@@ -131,7 +137,8 @@ void run_adaptive(int64_t bytes, Run&& run) {
 }
 
 // Test and benchmark hook: "adaptive", "serial" or "parallel" (by work, always); returns the
-// previous setting; "" only queries.
+// previous setting; "" only queries. Setting a mode also forgets the adaptive timings, so that
+// what follows starts from the choice by work.
 std::string clip_cpu_threading(const std::string& mode) {
   static const char* names[] = {"adaptive", "serial", "parallel"};
   const int prev = g_threading.load();
@@ -142,6 +149,10 @@ std::string clip_cpu_threading(const std::string& mode) {
     TORCH_CHECK_VALUE(m >= 0, "clip_cpu_threading: mode must be 'adaptive', 'serial' or 'parallel', got '",
                       mode, "'");
     g_threading.store(m);
+    for (SizeClass& sc : g_stats) {
+      sc.ns_per_byte[0] = 0, sc.ns_per_byte[1] = 0;
+      sc.calls = 0, sc.period = 0, sc.warm = 0;
+    }
   }
   return names[prev];
 }
@@ -163,6 +174,16 @@ void fill_bounds(ClipBounds& b, at::ScalarType dt, double lo, double hi) {
 std::atomic<int64_t> g_span_elements{0};
 
 int64_t clip_span_elements() { return g_span_elements.load(); }
+
+// Test-only, likewise: calls that split the list between threads (one parallel region each).
+std::atomic<int64_t> g_parallel_calls{0};
+
+int64_t clip_parallel_calls() { return g_parallel_calls.load(); }
+
+void run_parallel(int64_t total, int64_t grain, const std::function<void(int64_t, int64_t)>& body) {
+  g_parallel_calls.fetch_add(1, std::memory_order_relaxed);
+  at::parallel_for(0, total, grain, body);
+}
 
 void clip_weights_cpu(at::TensorList tensors, double lo, double hi) {
   clip_check_args(tensors, lo, hi, c10::DeviceType::CPU);
@@ -215,10 +236,10 @@ void clip_weights_cpu(at::TensorList tensors, double lo, double hi) {
     // A tensor the per-tensor clamp_ loop would split (torch parallelizes one above its grain):
     // the loop wakes the thread pool for it anyway, once per such tensor, where this opens one
     // region for the whole list: never more wake-ups than the loop, and the work split evenly.
-    at::parallel_for(0, total, grain, body);
+    run_parallel(total, grain, body);
   } else {
     // only small tensors, which the loop clamps on one thread: split only where timing says so
-    run_adaptive(bytes, [&](bool par) { par ? at::parallel_for(0, total, grain, body) : body(0, total); });
+    run_adaptive(bytes, [&](bool par) { par ? run_parallel(total, grain, body) : body(0, total); });
   }
 }
 
@@ -238,6 +259,9 @@ TORCH_LIBRARY_FRAGMENT(fastgan, m) {
   m.def("clip_cpu_threading(str mode) -> str", &clip_cpu_threading);
 }
 // No tensor arguments: reachable from any dispatch key.
-TORCH_LIBRARY_IMPL(fastgan, CompositeImplicitAutograd, m) { m.impl("_clip_span_elements", &clip_span_elements); }
+TORCH_LIBRARY_IMPL(fastgan, CompositeImplicitAutograd, m) {
+  m.impl("_clip_span_elements", &clip_span_elements);
+  m.impl("_clip_parallel_calls", &clip_parallel_calls);
+}
 
 }  // namespace fastgan
