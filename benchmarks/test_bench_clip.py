@@ -5,7 +5,7 @@
 Groups (one per parameter list, float32): a DCGAN critic (64x64, ndf=64: 11 tensors, 2.8M
 weights), the DCGAN-64 critic of issue 13 (Conv 3->64->128->256 with bias, Linear 4096->1: 8
 tensors, 663k weights), an SNGAN-ResNet critic (128 channels, 10 residual blocks: 62 tensors, 3.1M weights),
-and 1000 small tensors (16..512 elements). Each group times the two eager baselines (the public
+1000 small tensors (16..512 elements), 5000 tiny ones (1..32) and one huge tensor (4096x4096). Each group times the two eager baselines (the public
 `p.data.clamp_` loop and two torch._foreach passes) and every fastgan backend available for the
 tensors' device, through the public fg.clip_weights_ (validation included).
 """
@@ -44,7 +44,15 @@ def small_tensors(n=1000):
     return [(int(s),) for s in torch.randint(16, 513, (n,), generator=g)]
 
 
-LISTS = {"dcgan": dcgan_critic(), "dcgan64_bias": dcgan64_critic(), "sngan_resnet": sngan_resnet_critic(), "small_x1000": small_tensors()}
+def tiny_tensors(n=5000):
+    """Many tiny tensors (1..32 elements): per-tensor overhead is everything."""
+    g = torch.Generator().manual_seed(2)
+    return [(int(s),) for s in torch.randint(1, 33, (n,), generator=g)]
+
+
+LISTS = {"dcgan": dcgan_critic(), "dcgan64_bias": dcgan64_critic(), "sngan_resnet": sngan_resnet_critic(),
+         "small_x1000": small_tensors(), "tiny_x5000": tiny_tensors(),
+         "huge_1x16M": [(4096, 4096)]}  # one Linear 4096 -> 4096: 64 MiB, beyond L2
 DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
 
 

@@ -61,4 +61,6 @@ TORCH_LIBRARY(fastgan, m) {
   // Test-only: elements the CPU kernel's span path has clamped since import, over all threads
   // (tests/test_kernel_edges.py checks that each element is visited once).
   m.def("_clip_span_elements() -> int");
+  // Test-only: CPU kernel calls that split their list between threads, since import.
+  m.def("_clip_parallel_calls() -> int");
 }

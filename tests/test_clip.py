@@ -459,6 +459,42 @@ def test_threading_modes_give_eager_results(mode):
         torch.ops.fastgan.clip_cpu_threading("fast")
 
 
+@pytest.mark.skipif(not fg.backends()["cpu"]["available"], reason=fg.backends()["cpu"]["reason"])
+def test_adaptive_splits_wherever_the_clamp_loop_splits():
+    """issue 13: by default a list holding a tensor that torch's clamp_ splits between threads
+    (above its grain, 32768 elements) is split on every call, never timed against one thread (the
+    loop it replaces wakes the pool for that tensor anyway). One thread, serial mode and lists
+    below two 128 KiB grains never split; values are eager's every time."""
+    count = torch.ops.fastgan._clip_parallel_calls
+    gen = torch.Generator().manual_seed(13)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        torch.ops.fastgan.clip_cpu_threading("adaptive")  # fresh timings: the first calls would time both
+        big = [rand(s, torch.float32, "cpu", gen) for s in [(64, 3, 4, 4), (64,), (32769,), (128, 64, 4, 4), (7,)]]
+        before = count()
+        for _ in range(6):
+            check_clip(big, 0.01, "cpu")
+            for t in big:  # out of bounds again for the next round
+                t.mul_(3)
+        assert count() - before == 6
+        below = [rand(s, torch.float32, "cpu", gen) for s in [(40000,), (20000,)]]  # 234 KiB
+        before = count()
+        for _ in range(3):
+            check_clip(below, 0.01, "cpu")
+        assert count() == before
+        torch.ops.fastgan.clip_cpu_threading("serial")
+        check_clip(big, 0.01, "cpu")
+        assert count() == before
+        torch.ops.fastgan.clip_cpu_threading("adaptive")
+        torch.set_num_threads(1)
+        check_clip(big, 0.01, "cpu")
+        assert count() == before
+    finally:
+        torch.set_num_threads(threads)
+        torch.ops.fastgan.clip_cpu_threading("parallel")  # the module's fixture setting
+
+
 # --------------------------------------------------------------------------------------------
 # issue 16: WeightClipper lifecycle
 def test_weight_clipper_refuses_a_consumed_generator():

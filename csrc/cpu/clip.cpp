@@ -1,13 +1,15 @@
 // CPU kernel of weight clipping: one call clamps a whole parameter list in place, in a single
 // vectorized pass (min and max together), split across threads by element ranges (one parallel
-// region sized by the work, or one thread where timing says so: see run_adaptive), so one huge
-// tensor and a thousand tiny ones cost one dispatch.
+// region sized by the work wherever the per-tensor clamp_ loop would open one; for lists of small
+// tensors only, one thread unless timing says otherwise: see run_adaptive), so one huge tensor
+// and a thousand tiny ones cost one dispatch.
 //
 // The clamp loop (clip_kernel.h) is compiled once per ISA, like torch's kernels: here with the
 // build's flags (AVX2 on an AVX2 machine) and in clip_avx512.cpp for AVX-512; the copy is picked
 // once, at the first call, from torch's own choice (at::get_cpu_capability(), which honours
 // ATEN_CPU_CAPABILITY) and the CPU's.
 #include <ATen/Parallel.h>
+#include <ATen/TensorIterator.h>  // at::internal::GRAIN_SIZE, the grain of at::clamp_
 #include <ATen/Version.h>
 #include <ATen/core/Tensor.h>
 #include <ATen/ops/clamp.h>
@@ -16,6 +18,7 @@
 #include <algorithm>
 #include <atomic>
 #include <chrono>
+#include <functional>
 #include <string>
 #include <vector>
 
@@ -71,11 +74,15 @@ const Isa& clip_isa() {
 std::string clip_cpu_isa() { return clip_isa().name; }
 
 // --- serial or parallel -------------------------------------------------------------------
-// A list of at least 2 grains may use several threads (as many as it has grains). Whether that
-// pays depends on the machine's state as much as on the work: an idle core wakes in microseconds,
-// but when other processes hold every core, the parallel region ends only when the woken thread
-// gets a time slice (milliseconds; torch's own clamp_ loop suffers the same). So "adaptive" (the
-// default) times both choices per size class (log2 of the list's bytes) and runs the faster,
+// A list of at least 2 grains may use several threads (as many as it has grains). When it holds
+// a tensor that torch's clamp_ would split (above at::internal::GRAIN_SIZE elements), the split
+// is by work, always: the per-tensor loop this replaces opens a parallel region for that tensor
+// anyway, so one region for the whole list never wakes the pool more often than the loop does.
+// A list of small tensors only is different: the loop runs it on one thread, and whether waking
+// a thread pays depends on the machine's state as much as on the work: an idle core wakes in
+// microseconds, but when other processes hold every core, the parallel region ends only when the
+// woken thread gets a time slice (milliseconds). So for those lists "adaptive" (the default)
+// times both choices per size class (log2 of the list's bytes) and runs the faster,
 // re-timing the other one now and then (every 16 calls, backing off to every 256 while it
 // keeps losing). The result is the same either way (an elementwise clamp); only time differs.
 enum Threading : int { kAdaptive = 0, kSerial = 1, kParallel = 2 };
@@ -130,7 +137,8 @@ void run_adaptive(int64_t bytes, Run&& run) {
 }
 
 // Test and benchmark hook: "adaptive", "serial" or "parallel" (by work, always); returns the
-// previous setting; "" only queries.
+// previous setting; "" only queries. Setting a mode also forgets the adaptive timings, so that
+// what follows starts from the choice by work.
 std::string clip_cpu_threading(const std::string& mode) {
   static const char* names[] = {"adaptive", "serial", "parallel"};
   const int prev = g_threading.load();
@@ -141,6 +149,10 @@ std::string clip_cpu_threading(const std::string& mode) {
     TORCH_CHECK_VALUE(m >= 0, "clip_cpu_threading: mode must be 'adaptive', 'serial' or 'parallel', got '",
                       mode, "'");
     g_threading.store(m);
+    for (SizeClass& sc : g_stats) {
+      sc.ns_per_byte[0] = 0, sc.ns_per_byte[1] = 0;
+      sc.calls = 0, sc.period = 0, sc.warm = 0;
+    }
   }
   return names[prev];
 }
@@ -163,6 +175,16 @@ std::atomic<int64_t> g_span_elements{0};
 
 int64_t clip_span_elements() { return g_span_elements.load(); }
 
+// Test-only, likewise: calls that split the list between threads (one parallel region each).
+std::atomic<int64_t> g_parallel_calls{0};
+
+int64_t clip_parallel_calls() { return g_parallel_calls.load(); }
+
+void run_parallel(int64_t total, int64_t grain, const std::function<void(int64_t, int64_t)>& body) {
+  g_parallel_calls.fetch_add(1, std::memory_order_relaxed);
+  at::parallel_for(0, total, grain, body);
+}
+
 void clip_weights_cpu(at::TensorList tensors, double lo, double hi) {
   clip_check_args(tensors, lo, hi, c10::DeviceType::CPU);
   std::vector<ClipSpan> spans;
@@ -170,6 +192,7 @@ void clip_weights_cpu(at::TensorList tensors, double lo, double hi) {
   ClipBounds b{};
   bool filled[4] = {false, false, false, false};  // double, float, half, bfloat16
   int64_t total = 0, bytes = 0;
+  bool loop_splits = false;  // a tensor at::clamp_ would split between threads
   for (const at::Tensor& t : tensors) {
     if (t.numel() == 0) continue;
     if (clip_as_span(t)) {
@@ -179,6 +202,7 @@ void clip_weights_cpu(at::TensorList tensors, double lo, double hi) {
       spans.push_back({t.data_ptr(), total, dt});
       total += t.numel();
       bytes += t.numel() * static_cast<int64_t>(t.element_size());
+      loop_splits |= t.numel() > at::internal::GRAIN_SIZE;
     } else {
       at::clamp_(const_cast<at::Tensor&>(t), lo, hi);  // strided views
     }
@@ -186,17 +210,20 @@ void clip_weights_cpu(at::TensorList tensors, double lo, double hi) {
   clip_bump_versions(tensors);
   if (total == 0) return;
   const ClipPieceFn piece = clip_isa().fn;
+  // Each range is clamped from its end backwards: the step that wrote the weights before the clip
+  // (the optimizer's, sweeping the list forwards) leaves the end of the list in cache, so going
+  // backwards starts on cached lines and reaches the evicted ones last (8-15 % less time on 3-12 MB
+  // lists, benchmarks/NOTES.md).
   auto body = [&](int64_t r0, int64_t r1) {
-    // first span that contains element r0
-    auto it = std::upper_bound(spans.begin(), spans.end(), r0,
+    // the span that holds element r1 - 1, the range's last
+    auto it = std::upper_bound(spans.begin(), spans.end(), r1 - 1,
                                [](int64_t v, const ClipSpan& s) { return v < s.begin; }) - 1;
     int64_t visited = 0;
-    for (int64_t r = r0; r < r1; ++it) {
-      const int64_t end = (it + 1 == spans.end()) ? total : (it + 1)->begin;
-      const int64_t n = std::min(end, r1) - r;
-      piece(*it, r - it->begin, n, b);
-      r += n;
-      visited += n;
+    for (int64_t r = r1; r > r0; --it) {
+      const int64_t start = std::max(it->begin, r0);
+      piece(*it, start - it->begin, r - start, b);
+      visited += r - start;
+      r = start;
     }
     g_span_elements.fetch_add(visited, std::memory_order_relaxed);
   };
@@ -205,10 +232,14 @@ void clip_weights_cpu(at::TensorList tensors, double lo, double hi) {
   const int mode = g_threading.load(std::memory_order_relaxed);
   if (mode == kSerial || bytes < 2 * kGrainBytes || at::get_num_threads() < 2 || at::in_parallel_region()) {
     body(0, total);
-  } else if (mode == kParallel) {
-    at::parallel_for(0, total, grain, body);
+  } else if (mode == kParallel || loop_splits) {
+    // A tensor the per-tensor clamp_ loop would split (torch parallelizes one above its grain):
+    // the loop wakes the thread pool for it anyway, once per such tensor, where this opens one
+    // region for the whole list: never more wake-ups than the loop, and the work split evenly.
+    run_parallel(total, grain, body);
   } else {
-    run_adaptive(bytes, [&](bool par) { par ? at::parallel_for(0, total, grain, body) : body(0, total); });
+    // only small tensors, which the loop clamps on one thread: split only where timing says so
+    run_adaptive(bytes, [&](bool par) { par ? run_parallel(total, grain, body) : body(0, total); });
   }
 }
 
@@ -228,6 +259,9 @@ TORCH_LIBRARY_FRAGMENT(fastgan, m) {
   m.def("clip_cpu_threading(str mode) -> str", &clip_cpu_threading);
 }
 // No tensor arguments: reachable from any dispatch key.
-TORCH_LIBRARY_IMPL(fastgan, CompositeImplicitAutograd, m) { m.impl("_clip_span_elements", &clip_span_elements); }
+TORCH_LIBRARY_IMPL(fastgan, CompositeImplicitAutograd, m) {
+  m.impl("_clip_span_elements", &clip_span_elements);
+  m.impl("_clip_parallel_calls", &clip_parallel_calls);
+}
 
 }  // namespace fastgan

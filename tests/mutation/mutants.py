@@ -120,14 +120,19 @@ MUTANTS = [
       "at::vec::clamp(x0, lv, hv).store(p + i + W);", why="unrolled float loop stores its first vector twice",
       **CLIP_CPU),
     M("clip-threads-search-from-zero", CL,
-      "    auto it = std::upper_bound(spans.begin(), spans.end(), r0,\n"
+      "    auto it = std::upper_bound(spans.begin(), spans.end(), r1 - 1,\n"
       "                               [](int64_t v, const ClipSpan& s) { return v < s.begin; }) - 1;\n"
-      "    int64_t visited = 0;\n    for (int64_t r = r0; r < r1; ++it) {",
-      "    auto it = spans.begin();\n    int64_t visited = 0;\n    for (int64_t r = 0; r < r1; ++it) {",
-      why="every thread starts its span search at element 0 (double work, benign race: values identical)",
+      "    int64_t visited = 0;\n    for (int64_t r = r1; r > r0; --it) {",
+      "    auto it = spans.end() - 1;\n    int64_t visited = 0;\n    for (int64_t r = total; r > r0; --it) {",
+      why="every thread starts its backward span walk at the list's last element (double work, benign "
+          "race: values identical)",
       **CLIP_CPU),
-    M("clip-span-offset-absolute", CL, "piece(*it, r - it->begin, n, b);", "piece(*it, r - r0, n, b);",
+    M("clip-span-offset-absolute", CL, "piece(*it, start - it->begin, r - start, b);",
+      "piece(*it, start - r0, r - start, b);",
       why="piece offset relative to the thread's start, not to the span", **CLIP_CPU),
+    M("clip-loop-split-timed", CL, "} else if (mode == kParallel || loop_splits) {", "} else if (mode == kParallel) {",
+      why="a list holding a tensor clamp_ would split is timed against one thread (and often runs on one)",
+      tests=T_CLIP, k="splits_wherever"),
     M("clip-strided-not-clamped", CL, "at::clamp_(const_cast<at::Tensor&>(t), lo, hi);  // strided views",
       "// strided views", why="non-dense tensors silently skipped", **CLIP_CPU),
     M("clip-no-version-bump", CL, "  clip_bump_versions(tensors);\n  if (total == 0) return;", "  if (total == 0) return;",
