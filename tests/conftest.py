@@ -46,6 +46,19 @@ def backend_devices(backends=None, cuda_available=None):
     return [(b, device_for(b, cuda_available)) for b in backends if b != "reference"]
 
 
+def check_isa_choice(torch_isa, ours):
+    """A kernel file's copy (``ours``: "AVX512", "AVX2", "DEFAULT") against torch's choice: AVX512
+    where torch runs AVX512 and the CPU and build have it, never AVX512 otherwise, and never more
+    than torch allows but the build's AVX2 base."""
+    if torch_isa == "AVX512":
+        with open("/proc/cpuinfo") as f:
+            flags = set(next(line for line in f if line.startswith("flags")).split(":")[1].split())
+        if {"avx512f", "avx512bw", "avx512vl", "avx512dq"} <= flags and os.environ.get("FASTGAN_NO_AVX512") != "1":
+            assert ours == "AVX512"
+    else:
+        assert ours in (torch_isa, "AVX2") and ours != "AVX512"
+
+
 def rel_err(a, b):
     """max |a - b| / max |b| in float64 (0 when both are zero); either may be on a GPU."""
     a, b = a.detach().double().cpu(), b.detach().double().cpu()

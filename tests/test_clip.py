@@ -6,7 +6,7 @@ import pytest
 import torch
 
 import fastgan as fg
-from conftest import DTYPES, available_backends, backend_devices, device_for
+from conftest import DTYPES, available_backends, backend_devices, check_isa_choice, device_for
 
 BACKEND_DEVICES = [("reference", "cpu")] + backend_devices()
 IDS = [f"{b}-{d}" for b, d in BACKEND_DEVICES]
@@ -436,14 +436,7 @@ def test_cpu_kernel_follows_torchs_isa():
             env["ATEN_CPU_CAPABILITY"] = cap
         torch_isa, ours = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True,
                                          check=True).stdout.split()
-        if torch_isa == "AVX512":
-            with open("/proc/cpuinfo") as f:
-                flags = set(next(line for line in f if line.startswith("flags")).split(":")[1].split())
-            if {"avx512f", "avx512bw", "avx512vl", "avx512dq"} <= flags and os.environ.get("FASTGAN_NO_AVX512") != "1":
-                assert ours == "AVX512"
-        else:
-            assert ours in (torch_isa, "AVX2")  # the build's base ISA never exceeds what torch allows but AVX2
-            assert ours != "AVX512"
+        check_isa_choice(torch_isa, ours)
 
 
 @pytest.mark.skipif(not fg.backends()["cpu"]["available"], reason=fg.backends()["cpu"]["reason"])

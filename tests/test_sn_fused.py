@@ -7,7 +7,7 @@ import copy
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import available_backends, rel_err
+from conftest import available_backends, check_isa_choice, rel_err
 from torch import nn
 from torch.nn.utils import parametrize
 from torch.nn.utils.parametrizations import spectral_norm as torch_sn
@@ -317,10 +317,4 @@ def test_each_isa_copy_against_reference(cap):
     torch_isa, ours, worst = subprocess.run([sys.executable, "-c", _ISA_CHECK], env=env, capture_output=True,
                                             text=True, check=True).stdout.split()
     assert float(worst) < 1.0, (cap, ours, worst)
-    if torch_isa == "AVX512":
-        with open("/proc/cpuinfo") as f:
-            flags = set(next(line for line in f if line.startswith("flags")).split(":")[1].split())
-        if {"avx512f", "avx512bw", "avx512vl", "avx512dq"} <= flags and os.environ.get("FASTGAN_NO_AVX512") != "1":
-            assert ours == "AVX512"
-    else:
-        assert ours in (torch_isa, "AVX2") and ours != "AVX512"  # the build's base ISA is AVX2 at most
+    check_isa_choice(torch_isa, ours)

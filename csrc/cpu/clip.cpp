@@ -23,6 +23,7 @@
 #include <vector>
 
 #include "../clip.h"
+#include "cpu_isa.h"
 
 #define FASTGAN_CLIP_NS clip_base
 #include "clip_kernel.h"
@@ -35,16 +36,6 @@ namespace {
 // elementwise ops (at::internal::GRAIN_SIZE = 32768 float32 elements), the grain of the clamp_
 // loop this kernel replaces, so both start a second thread at the same list size.
 constexpr int64_t kGrainBytes = int64_t(128) << 10;
-
-bool cpu_has_avx512() {
-#if defined(__x86_64__) && defined(__GNUC__)
-  __builtin_cpu_init();
-  return __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
-         __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512dq");
-#else
-  return false;
-#endif
-}
 
 struct Isa {
   ClipPieceFn fn;
@@ -64,7 +55,7 @@ constexpr const char* kBaseIsa =
 const Isa& clip_isa() {
   static const Isa isa = [] {
 #if defined(FASTGAN_CPU_AVX512)
-    if (at::get_cpu_capability() == "AVX512" && cpu_has_avx512()) return Isa{&clip_avx512::clamp_piece, "AVX512"};
+    if (use_avx512_copy()) return Isa{&clip_avx512::clamp_piece, "AVX512"};
 #endif
     return Isa{&clip_base::clamp_piece, kBaseIsa};
   }();

@@ -21,6 +21,7 @@
 #include <vector>
 
 #include "block_cache.h"
+#include "cpu_isa.h"
 #include "../sn_layout.h"
 
 #define FASTGAN_SN_NS sn_base
@@ -56,20 +57,10 @@ struct SnIsa {
   const char* name;
 };
 
-bool sn_cpu_has_avx512() {
-#if defined(__x86_64__) && defined(__GNUC__)
-  __builtin_cpu_init();
-  return __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
-         __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512dq");
-#else
-  return false;
-#endif
-}
-
 const SnIsa& isa() {
   static const SnIsa chosen = [] {
 #if defined(FASTGAN_CPU_AVX512)
-    if (at::get_cpu_capability() == "AVX512" && sn_cpu_has_avx512())
+    if (use_avx512_copy())
       return SnIsa{&sn_avx512::power_f, &sn_avx512::power_d, &sn_avx512::divide_f, &sn_avx512::divide_d,
                    &sn_avx512::backward_f, &sn_avx512::backward_d, "AVX512"};
 #endif
