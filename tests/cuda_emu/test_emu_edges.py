@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from fastgan import reference
-from test_kernel_edges import CFGS, NORMS, close_rows, coef64, half_rows, rows_with_norms, truth
+from test_kernel_edges import CFGS, NORMS, close_rows, coef64, half_rows, rows_with_norms, strided_views, truth
 
 from .test_emu_spectral_norm import unit
 
@@ -80,3 +80,35 @@ def test_sn_backward_half_products_accumulate_in_float(emu):
         (gr,) = torch.autograd.grad(reference.sn_normalize(xr, u.double(), v.double(), dim), xr, w64)
         torch.testing.assert_close(gx.double(), gr, rtol=4e-3, atol=4e-3 * float(gr.abs().max()),
                                    msg=lambda m: f"{shape} dim {dim}: {m}")
+
+
+def emu_strided_views(dtype, gen):
+    """Views of a leaf whose rows are read in place (dense rows, row stride != row length) or
+    copied: 105 elements per row (scalar path) and 32 (vector path for every dtype: 16-byte
+    aligned rows, row stride a multiple of the vector width)."""
+    yield from strided_views(dtype, gen)
+    base = torch.randn(9, 4, 8, generator=gen, dtype=torch.float64).to(dtype)
+    yield "batch_slice_vector", base, lambda b: b[1::2]
+    yield "narrow_vector", base, lambda b: b.narrow(0, 4, 5)
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32, torch.float16], ids=str)
+def test_strided_views_by_value(emu, dtype):
+    """gnp_forward / backward on a VIEW of a leaf (no clone first: the kernels see the view's own
+    row stride): norms and phi per row, and the gradient reaching the leaf element by element
+    (c_r g_r in the view, 0 elsewhere). Reading rows packed, or writing the packed gradient with
+    the input's row stride, gives wrong rows."""
+    gen = torch.Generator().manual_seed(24)
+    tol = {torch.float64: 1e-12, torch.float32: 2e-6, torch.float16: 1e-3}[dtype]
+    for name, base, view in emu_strided_views(dtype, gen):
+        leaf = base.detach().clone(memory_format=torch.preserve_format).requires_grad_(True)
+        g = view(leaf)
+        w = torch.rand(g.shape[0], generator=gen, dtype=torch.float64) + 0.5
+        phi, norms = emu.gnp_forward(g, 1.0, 2.0, False)
+        (phi * w.to(phi.dtype)).sum().backward()
+        n_ref, phi_ref = truth(g, 1.0, 2.0, False)
+        close_rows(norms, n_ref, max(tol, 2e-6), f"{name} norms")
+        close_rows(phi, phi_ref, max(tol, 8e-6), f"{name} phi")
+        want = torch.zeros(base.shape, dtype=torch.float64)
+        view(want).copy_(coef64(n_ref, w, 1.0, 2.0, False).view(-1, *[1] * (g.dim() - 1)) * g.detach().double())
+        close_rows(leaf.grad, want.to(dtype), tol, f"{name} grad")

@@ -240,7 +240,7 @@ MUTANTS = [
       why="vector loop strides by the thread count, not threads * VEC: packs overlap", **EGN_ALL),
     M("cu-gnp-partial-ignores-row-stride", CGN, "const scalar_t* base = g + row * row_stride;",
       "const scalar_t* base = g + row * N;", why="forward reads rows packed (batch slices read the wrong rows)",
-      tests=(EGN,), k="layouts"),
+      tests=(EED,), k="strided_views"),
     M("cu-gnp-square-in-input-dtype", CGN, "acc_t x = static_cast<acc_t>(p.v[k]);\n      s += x * x;",
       "scalar_t x = p.v[k];\n      s += static_cast<acc_t>(x * x);",
       why="squares in half precision (1e-4^2 underflows, 300^2 overflows float16)", tests=(EED,),
@@ -262,7 +262,7 @@ MUTANTS = [
       why="backward uses row 0's upstream gradient for every row", tests=(EED,), k="every_side"),
     M("cu-gnp-backward-writes-with-input-stride", CGN, "scalar_t* dst = out + row * N;",
       "scalar_t* dst = out + row * row_stride;", why="packed gradient written with the input's row stride",
-      tests=(EGN,), k="layouts"),
+      tests=(EED,), k="strided_views"),
     # ---- csrc/cuda/clip.cu
     M("cu-clip-nan-to-hi", CCL, "if (v > hi) return", "if (!(v <= hi)) return", why="NaN becomes hi",
       tests=(ECL,), k="bounds_nan_inf"),
