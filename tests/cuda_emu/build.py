@@ -169,12 +169,16 @@ def rewrite_schemas(text, path):
 
 def _sources():
     """[(generated name, text)] for every .cu, the schemas and the runtime."""
-    out = [(cu.stem + ".cpp", rewrite_cu(cu.read_text(), cu)) for cu in sorted((CSRC / "cuda").glob("*.cu"))]
+    # paths relative to the repository (diagnostics name csrc/cuda/x.cu): the generated text, hence
+    # the cache key, is the same in every copy of the tree (tests/mutation's scratch copy shares
+    # the cache through FASTGAN_EMU_CACHE and recompiles only what differs)
+    rel = lambda p: p.relative_to(ROOT)  # noqa: E731
+    out = [(cu.stem + ".cpp", rewrite_cu(cu.read_text(), rel(cu))) for cu in sorted((CSRC / "cuda").glob("*.cu"))]
     if not out:
         raise RewriteError("csrc/cuda has no .cu sources")
-    out.append(("ops_emu.cpp", rewrite_schemas((CSRC / "ops.cpp").read_text(), CSRC / "ops.cpp")))
-    out.append(("selftest.cpp", rewrite_cu((EMU / "selftest.cu").read_text(), EMU / "selftest.cu", False)))
-    out.append(("runtime.cpp", f'#line 1 "{EMU / "runtime.cpp"}"\n' + (EMU / "runtime.cpp").read_text()))
+    out.append(("ops_emu.cpp", rewrite_schemas((CSRC / "ops.cpp").read_text(), rel(CSRC / "ops.cpp"))))
+    out.append(("selftest.cpp", rewrite_cu((EMU / "selftest.cu").read_text(), rel(EMU / "selftest.cu"), False)))
+    out.append(("runtime.cpp", f'#line 1 "{rel(EMU / "runtime.cpp")}"\n' + (EMU / "runtime.cpp").read_text()))
     return out
 
 
@@ -203,8 +207,8 @@ def _common_key(flags, cxx):
 
     deps = sorted(CSRC.rglob("*.h")) + sorted(CSRC.rglob("*.cuh")) + sorted(EMU.rglob("*.h"))
     version = subprocess.run([cxx, "--version"], capture_output=True, text=True).stdout
-    return _hash(*[b for p in deps for b in (str(p), p.read_bytes())], *flags, cxx, version, torch.__version__,
-                 sys.version)
+    return _hash(*[b for p in deps for b in (str(p.relative_to(ROOT)), p.read_bytes())],
+                 *[f.replace(str(ROOT), "<root>") for f in flags], cxx, version, torch.__version__, sys.version)
 
 
 def build(sanitize=None, verbose=False):

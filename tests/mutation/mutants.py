@@ -9,8 +9,9 @@ still applies to the tree.
 
 Coverage: every CPU kernel (csrc/cpu, csrc/gnp_math.h, csrc/rows.h, csrc/clip.h), the C++ autograd
 glue (csrc/*_autograd.cpp), the Triton kernels (fastgan/_triton, through the interpreter) and the
-public functions (fastgan/*.py, fastgan/ops). Pending: csrc/cuda, through the emulated CUDA tier
-(tests/cuda_emu) once it exists in the tree.
+public functions (fastgan/*.py, fastgan/ops) and the CUDA kernels (csrc/cuda/*.cu) through the
+emulated CUDA tier (tests/cuda_emu: the real .cu compiled for the CPU; the runner rebuilds the
+emulation library for each of those mutants).
 
 Bugs that only break memory safety (an out-of-bounds read of padding, a write past the end that
 the next write overwrites) are not listed: no value assertion can see them reliably; they need a
@@ -51,6 +52,14 @@ MATH = "csrc/gnp_math.h"
 CLK = "csrc/cpu/clip_kernel.h"  # the clamp loop of clip.cpp, compiled once per ISA
 CL = "csrc/cpu/clip.cpp"
 SNC = "csrc/cpu/spectral_norm.cpp"
+CGN = "csrc/cuda/grad_norm.cu"
+CCL = "csrc/cuda/clip.cu"
+CSN = "csrc/cuda/spectral_norm.cu"
+EGN = "tests/cuda_emu/test_emu_grad_norm.py"
+ECL = "tests/cuda_emu/test_emu_clip.py"
+ESN = "tests/cuda_emu/test_emu_spectral_norm.py"
+EED = "tests/cuda_emu/test_emu_edges.py"
+EGN_ALL = dict(tests=(EGN,), k="matches_float64")
 
 MUTANTS = [
     # ================================================================ C++ CPU kernels
@@ -220,6 +229,92 @@ MUTANTS = [
     M("tri-sn-bwd-v-index", "fastgan/_triton/spectral_norm.py", "v = tl.load(v_ptr + a * K + k, mask=m, other=0.0)",
       "v = tl.load(v_ptr + k, mask=m, other=0.0)", why="backward reads v's first block only (dim > 0)", **SN_TRI),
 
+    # ================================================================ CUDA kernels (emulated CUDA tier)
+    # csrc/cuda/*.cu compiled for the CPU against tests/cuda_emu/emu (the runner rebuilds the
+    # emulation library for each mutant; objects are cached by content, so only the mutated .cu).
+    # ---- csrc/cuda/grad_norm.cu
+    M("cu-gnp-shfl-from-8", CGN,
+      "for (int o = 16; o > 0; o >>= 1) x += __shfl_down_sync(0xffffffffu, x, o);\n  const int lane",
+      "for (int o = 8; o > 0; o >>= 1) x += __shfl_down_sync(0xffffffffu, x, o);\n  const int lane",
+      why="block_sum's warp tree starts at offset 8: lanes 16..31 never reach lane 0", **EGN_ALL),
+    M("cu-gnp-no-syncthreads", CGN, "  if (lane == 0) warp_sums[warp] = x;\n  __syncthreads();\n",
+      "  if (lane == 0) warp_sums[warp] = x;\n",
+      why="block_sum: warp 0 reads the warp sums before the other warps wrote them", **EGN_ALL),
+    M("cu-gnp-partial-stride-threads", CGN, "i < end; i += int64_t(kThreads) * VEC) {\n    Pack<scalar_t, VEC> p",
+      "i < end; i += kThreads) {\n    Pack<scalar_t, VEC> p",
+      why="vector loop strides by the thread count, not threads * VEC: packs overlap", **EGN_ALL),
+    M("cu-gnp-partial-ignores-row-stride", CGN, "const scalar_t* base = g + row * row_stride;",
+      "const scalar_t* base = g + row * N;", why="forward reads rows packed (batch slices read the wrong rows)",
+      tests=(EED,), k="strided_views"),
+    M("cu-gnp-square-in-input-dtype", CGN, "acc_t x = static_cast<acc_t>(p.v[k]);\n      s += x * x;",
+      "scalar_t x = p.v[k];\n      s += static_cast<acc_t>(x * x);",
+      why="squares in half precision (1e-4^2 underflows, 300^2 overflows float16)", tests=(EED,),
+      k="half_squares"),
+    M("cu-gnp-finalize-drops-last-split", CGN, "for (int64_t k = 0; k < splits; ++k)",
+      "for (int64_t k = 0; k + 1 < splits; ++k)", why="finalize adds all partials of a row but the last",
+      **EGN_ALL),
+    M("cu-gnp-plan-splits-floor", CGN, "splits = std::max<int64_t>(1, (N + chunk - 1) / chunk);",
+      "splits = std::max<int64_t>(1, N / chunk);", why="last partial chunk of a split row never launched",
+      **EGN_ALL),
+    M("cu-gnp-forward-onesided-dropped", CGN, "acc_t(power), one_sided);\n    C10", "acc_t(power), false);\n    C10",
+      why="the one-sided flag does not reach gnp_finalize (phi of rows below the target)", tests=(EED,),
+      k="every_side"),
+    M("cu-gnp-backward-onesided-dropped", CGN, "pl.splits, pl.chunk, acc_t(target), acc_t(power), one_sided);",
+      "pl.splits, pl.chunk, acc_t(target), acc_t(power), false);",
+      why="the one-sided flag does not reach gnp_scale (gradient of rows below the target)", tests=(EED,),
+      k="every_side"),
+    M("cu-gnp-scale-first-row-gphi", CGN, "gnp_coef<acc_t>(gphi[row], norms[row]", "gnp_coef<acc_t>(gphi[0], norms[row]",
+      why="backward uses row 0's upstream gradient for every row", tests=(EED,), k="every_side"),
+    M("cu-gnp-backward-writes-with-input-stride", CGN, "scalar_t* dst = out + row * N;",
+      "scalar_t* dst = out + row * row_stride;", why="packed gradient written with the input's row stride",
+      tests=(EED,), k="strided_views"),
+    # ---- csrc/cuda/clip.cu
+    M("cu-clip-nan-to-hi", CCL, "if (v > hi) return", "if (!(v <= hi)) return", why="NaN becomes hi",
+      tests=(ECL,), k="bounds_nan_inf"),
+    M("cu-clip-tail-drops-last", CCL, "for (int64_t i = vec_end + threadIdx.x; i < n; i += kThreads)",
+      "for (int64_t i = vec_end + threadIdx.x; i + 1 < n; i += kThreads)",
+      why="scalar tail stops one element early", tests=(ECL,), k="sizes_around_chunks"),
+    M("cu-clip-continuation-keeps-numel", CCL, "table.numel[0] = table.numel[nt - 1];", "",
+      why="a tensor continued in the next launch keeps entry 0's old numel", tests=(ECL,), k="table_full"),
+    M("cu-clip-chunk-from-block-index", CCL,
+      "const int64_t start = int64_t(table.block_chunk[blockIdx.x]) * kChunk;",
+      "const int64_t start = int64_t(blockIdx.x) * kChunk;",
+      why="chunk start from the block index instead of the table (lists of several tensors)", tests=(ECL,),
+      k="lists_match"),
+    # ---- csrc/cuda/spectral_norm.cu
+    M("cu-sn-v-without-eps", CSN, "const T d2 = max(sqrt(sq), eps);", "const T d2 = sqrt(sq);",
+      why="eps dropped from the normalization of v", tests=(ESN,), k="zero_and_nan"),
+    M("cu-sn-u-without-eps", CSN, "const T d = max(sqrt(block_sum(ss)), eps);", "const T d = sqrt(block_sum(ss));",
+      why="eps dropped from the normalization of u", tests=(ESN,), k="zero_and_nan"),
+    M("cu-sn-sigma-as-norm", CSN, "*L.sigma = sq / d2;", "*L.sigma = d2;",
+      why="sigma = max(|s|, eps) instead of |s|^2 / max(|s|, eps) (wrong below eps)", tests=(ESN,),
+      k="zero_and_nan"),
+    M("cu-sn-block-sum-fixed-warps", CSN, "x = lane < int(blockDim.x / 32) ? warp_sums[lane] : T(0);",
+      "x = lane < kThreads / 32 ? warp_sums[lane] : T(0);",
+      why="block_sum assumes 512 threads: 256-thread kernels read warp sums nobody wrote", tests=(ESN,),
+      k="many_partials"),
+    M("cu-sn-warp-sum-stops-early", CSN,
+      "T warp_sum(T x) {\n  for (int o = 16; o > 0; o >>= 1)", "T warp_sum(T x) {\n  for (int o = 16; o > 1; o >>= 1)",
+      why="warp shuffle tree stops before offset 1", tests=(ESN,), k="power_and_normalize"),
+    M("cu-sn-mat-index-ignores-block", CSN, "return (a * L.h + i) * L.K + (j - a * L.K);",
+      "return (a * L.h + i) * L.K + j;", why="W_mat address forgets the leading block (dim > 0)", tests=(ESN,),
+      k="power_and_normalize or long_rows"),
+    M("cu-sn-rows-every-warp", CSN,
+      "for (int64_t i = warp; i < L.h; i += warps) {\n      const T t = row_dot(L, i, L.v);\n      if (lane == 0) {",
+      "for (int64_t i = warp; i < L.h; i += 1) {\n      const T t = row_dot(L, i, L.v);\n      if (lane == 0) {",
+      why="row loop strides by 1 instead of the warp count: rows counted by several warps", tests=(ESN,),
+      k="power_and_normalize"),
+    M("cu-sn-bwd-sigma-once", CSN, "const acc_t c = gw / (s * s);", "const acc_t c = gw / s;",
+      why="backward: <g, W> / sigma instead of / sigma^2", tests=(ESN,), k="gradcheck or many_partials"),
+    M("cu-sn-bwd-v-first-block", CSN, "v[a * K + k]", "v[k]", why="backward reads v's first block only (dim > 0)",
+      tests=(ESN,), k="gradcheck"),
+    M("cu-sn-bwd-parts-floor", CSN, "const int64_t parts = (n + chunk - 1) / chunk;",
+      "const int64_t parts = n / chunk;", why="the last partial chunk of <g, W> is dropped", tests=(ESN,),
+      k="many_partials"),
+    M("cu-sn-dot-in-input-dtype", CSN, "x += static_cast<acc_t>(g[i]) * static_cast<acc_t>(w[i]);",
+      "x += static_cast<acc_t>(g[i] * w[i]);", why="<g, W> products rounded to half (1e-8 underflows float16)",
+      tests=(EED,), k="sn_backward_half"),
+
     # ================================================================ public Python API
     # ---- fastgan/penalty.py
     M("pen-gp-alpha-swap", "fastgan/penalty.py",
@@ -259,6 +354,9 @@ MUTANTS = [
       "return (loss, norms) if return_norms else loss",
       (KE,), "returned norms stay in the accumulation dtype", k="norms_in_the_input_dtype"),
     # ---- fastgan/ops/penalty.py
+    M("ops-autograd-onesided-not-saved", "fastgan/ops/penalty.py", "ctx.args = (target, power, one_sided)",
+      "ctx.args = (target, power, False)", tests=(EED,), k="every_side",
+      why="the Python autograd of the CUDA/Triton ops forgets the one-sided flag (backward of rows below the target)"),
     M("ops-mean-scale", "fastgan/ops/penalty.py", 'scale = weight / grads.shape[0] if reduction == "mean" else weight',
       "scale = weight", why="fused CPU mean forgets 1/B", **GNP_CPU),
     M("ops-weight-dropped", "fastgan/ops/penalty.py", "return (loss if weight == 1 else weight * loss).to(grads.dtype), norms",

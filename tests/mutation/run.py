@@ -8,11 +8,13 @@ Each mutant is applied to a scratch copy of the working tree (``--scratch``, def
 ``$TMPDIR/fastgan-mutation``; kept between runs so C++ rebuilds stay incremental), the extension
 is rebuilt (``python setup.py build_ext --inplace``, ninja: only the changed object) when the
 mutant touches ``csrc/`` outside ``csrc/cuda`` (the emulated CUDA tier compiles ``csrc/cuda``
-itself), the mutant's tests run with ``-x`` (and its ``-k``) with the scratch copy first on the
+itself), the emulated-CUDA library is rebuilt (``tests/cuda_emu/build.py``: only the mutated ``.cu``
+is recompiled, objects are cached by content) when it touches ``csrc/cuda``, the mutant's tests
+run with ``-x`` (and its ``-k``) with the scratch copy first on the
 path, and the file is restored. A mutant is *killed* when its tests fail (any non-zero exit; a
 timeout counts as killed and is marked), *survived* when they pass. Mutants marked
-``equivalent`` (with the reason) are not run and not counted. Before the mutants, every selected
-mutant's tests must pass on the unmutated copy (the baseline), else the run stops.
+``equivalent`` (with the reason) are not run and not counted. Before a test set's first mutant,
+the set must pass on the unmutated copy (the baseline), else the run stops.
 
 Speed: importing torch costs most of a short test run. The runner imports torch, triton and
 pytest once and forks a fresh child per build and per test run (``--no-fork``: a new interpreter
@@ -40,6 +42,15 @@ NATIVE = (".cpp", ".h", ".hpp", ".cc")
 
 def needs_build(m):
     return m.file.startswith("csrc/") and not m.file.startswith("csrc/cuda/") and m.file.endswith(NATIVE)
+
+
+def needs_emu_build(m):
+    """A mutant of csrc/cuda: the emulated-CUDA library (tests/cuda_emu/build.py) is rebuilt for it."""
+    return m.file.startswith("csrc/cuda/")
+
+
+def uses_emu(tests):
+    return any(t.startswith("tests/cuda_emu/") for t in tests)
 
 
 def tree_files(root):
@@ -91,12 +102,13 @@ def _child(scratch, argv, kind):
         os.chdir(scratch)
         sys.path.insert(0, str(scratch))
         os.environ["PYTHONPATH"] = str(scratch) + os.pathsep + os.environ.get("PYTHONPATH", "")
-        if kind == "build":
+        if kind in ("build", "emu"):
             import runpy
 
-            sys.argv = ["setup.py", *argv]
+            script = "setup.py" if kind == "build" else "tests/cuda_emu/build.py"
+            sys.argv = [script, *argv]
             try:
-                runpy.run_path("setup.py", run_name="__main__")
+                runpy.run_path(script, run_name="__main__")
                 code = 0
             except SystemExit as e:
                 code = e.code if isinstance(e.code, int) else (0 if e.code is None else 1)
@@ -119,7 +131,7 @@ def run_in(scratch, argv, kind, timeout):
     """(returncode or "timeout", output, seconds) of ``setup.py argv`` / ``pytest argv`` in scratch."""
     t0 = time.time()
     if not _FORK[0]:
-        head = ["setup.py"] if kind == "build" else ["-m", "pytest"]
+        head = {"build": ["setup.py"], "emu": ["tests/cuda_emu/build.py"]}.get(kind, ["-m", "pytest"])
         env = dict(os.environ, PYTHONPATH=str(scratch) + os.pathsep + os.environ.get("PYTHONPATH", ""))
         try:
             r = subprocess.run([sys.executable, *head, *argv], cwd=scratch, env=env, capture_output=True,
@@ -157,6 +169,15 @@ def build(scratch, timeout):
     return dt
 
 
+def build_emu(scratch, timeout):
+    """Build (or take from its content-keyed cache) the emulated-CUDA library of the scratch copy, so
+    that a mutant that does not compile is reported as an error, not counted as killed."""
+    rc, out, dt = run_in(scratch, [], "emu", timeout)
+    if rc != 0:
+        raise RuntimeError(f"emulated CUDA build failed in {scratch} (rc {rc}):\n{out[-6000:]}")
+    return dt
+
+
 def copy_extension(src, dst):
     """Use the source tree's built extension (for runs without C++ mutants)."""
     for so in (src / "fastgan").glob("_C*.so"):
@@ -180,6 +201,12 @@ def apply(scratch, m):
         raise ValueError(f"mutant {m.id}: {m.find!r} occurs {n} times in {m.file}, expected {m.count}")
     path.write_text(text.replace(m.find, m.replace))
     return text
+
+
+def write_json(path, results, t_start):
+    killed = sum(r["killed"] for r in results)
+    Path(path).write_text(json.dumps(dict(results=results, killed=killed, total=len(results),
+                                          seconds=round(time.time() - t_start)), indent=1))
 
 
 def select(ids=None, only=None, python_only=False):
@@ -229,6 +256,9 @@ def main(argv=None):
     if _FORK[0]:
         _preload()
     scratch = Path(a.scratch)
+    # the emulated-CUDA objects are cached by content (tests/cuda_emu/build.py): the scratch copy
+    # shares the tree's cache, so a csrc/cuda mutant recompiles only its own .cu
+    os.environ.setdefault("FASTGAN_EMU_CACHE", str(ROOT / "build" / "cuda_emu"))
     t_start = time.time()
     sync(ROOT, scratch)
     if a.no_build:
@@ -236,18 +266,28 @@ def main(argv=None):
     else:
         print(f"building the scratch copy in {scratch} ...", flush=True)
         build(scratch, 3600)
-    # baseline: each selected test set passes unmutated
-    for tests in [] if a.skip_baseline else sorted({test_args(m) for m in ms}):
-        rc, out, dt = run_tests(scratch, tests, a.timeout)
-        if rc != 0:
-            print(f"baseline FAILED for {' '.join(tests)} (rc {rc}); fix the tests first:\n{out[-3000:]}")
-            return 2
-        print(f"baseline ok: {' '.join(tests)} ({dt:.0f} s)", flush=True)
-    results, dirty = [], False
+    if any(needs_emu_build(m) or uses_emu(m.tests) for m in ms):
+        print("building the emulated CUDA library of the scratch copy ...", flush=True)
+        build_emu(scratch, 3600)
+    results, dirty, checked = [], False, set()
     for m in ms:
+        # baseline, before a test set's first mutant: it passes on the unmutated copy (else every
+        # mutant it tests would count as killed); done lazily so results come in from the start
+        if not a.skip_baseline and test_args(m) not in checked:
+            if dirty:  # the .so still holds the previous C++ mutant
+                build(scratch, 1800)
+                dirty = False
+            rc, out, dt = run_tests(scratch, test_args(m), a.timeout)
+            if rc != 0:
+                print(f"baseline FAILED for {' '.join(test_args(m))} (rc {rc}); fix the tests first:\n{out[-3000:]}")
+                return 2
+            checked.add(test_args(m))
+            print(f"baseline ok: {' '.join(test_args(m))} ({dt:.0f} s)", flush=True)
         original = apply(scratch, m)
         try:
             t_build = build(scratch, 1800) if (needs_build(m) or dirty) else 0.0
+            if needs_emu_build(m):
+                t_build += build_emu(scratch, 1800)
             rc, out, dt = run_tests(scratch, test_args(m), a.timeout)
         finally:
             (scratch / m.file).write_text(original)
@@ -257,6 +297,8 @@ def main(argv=None):
                             why=m.why, tail=out[-600:] if not killed else ""))
         print(f"{'killed  ' if killed else 'SURVIVED'} {m.id:38s} ({dt + t_build:.0f} s)"
               f"{' timeout' if rc == 'timeout' else ''}", flush=True)
+        if a.json:  # after every mutant: an interrupted run keeps what it found
+            write_json(a.json, results, t_start)
     if dirty:
         build(scratch, 1800)
     killed = sum(r["killed"] for r in results)
@@ -267,7 +309,7 @@ def main(argv=None):
         if not r["killed"]:
             print(f"  survivor: {r['id']} ({r['file']}): {r['why']}")
     if a.json:
-        Path(a.json).write_text(json.dumps(dict(results=results, killed=killed, total=len(results)), indent=1))
+        write_json(a.json, results, t_start)
     return 0 if killed == len(results) else 1
 
 
