@@ -41,7 +41,8 @@ def worker(cap, method, seed, steps):
     _, _, m, _ = demo.run_one("8gaussians", method, steps=steps, batch_size=256, seed=seed, progress=False)
     # the method's setup (all but the penalty's code) goes with the record: a record made under
     # another setup is not counted (main)
-    config = {k: v for k, v in dataclasses.asdict(demo.METHODS[method]).items() if k not in ("penalty", "source")}
+    config = {k: v for k, v in dataclasses.asdict(demo.METHODS[method]).items()
+              if k not in ("penalty", "source")}
     print(json.dumps({"config": config, "cap": cap, "cap_used": torch.backends.cpu.get_cpu_capability(),
                       "mkl_instructions": os.environ.get("MKL_ENABLE_INSTRUCTIONS", "auto"), "method": method,
                       "seed": seed, "steps": steps, "modes_covered": m["modes_covered"],
@@ -150,7 +151,8 @@ def main(argv=None):
     records = []
     if os.path.exists(path):
         with open(path) as f:
-            records = [r for r in map(json.loads, f) if r["method"] in demo.METHODS and r["steps"] == steps_of(r["method"])
+            records = [r for r in map(json.loads, f)
+                       if r["method"] in demo.METHODS and r["steps"] == steps_of(r["method"])
                        and (r["cap"] != "avx2" or r.get("mkl_instructions") == "AVX2")
                        and r.get("config", config_of(r["method"])) == config_of(r["method"])]
     have = {(r["cap"], r["method"], r["seed"]) for r in records}

@@ -47,8 +47,8 @@ Z_DIM_2D = 8  # latent size for the 2-D sets (2 in the WGAN-GP paper: slower to 
 # the methods: loss family + regularizer + optimizer, each from its paper or the paper's reference
 # code (``source``). Common to all, for a CPU budget: 3-hidden-layer ReLU MLPs 64 wide (the WGAN-GP
 # toy code: 512), 8-D latent (there: 2), batch 256 (as there), CRITIC_STEPS critic updates (there:
-# 100,000 generator steps) and Adam/RMSprop learning rates raised to 1e-3 / 5e-4 (there: 1e-4 / 5e-5) so that short
-# runs get somewhere. Everything else (loss, penalty and its constants, critic steps, optimizer and
+# 100,000 generator steps) and Adam/RMSprop learning rates raised to 1e-3 / 5e-4 (there: 1e-4 /
+# 5e-5) so that short runs get somewhere (not for the non-saturating GAN: see there). Everything else (loss, penalty and its constants, critic steps, optimizer and
 # its betas) is the paper's.
 @dataclasses.dataclass(frozen=True)
 class Method:

@@ -267,8 +267,9 @@ def test_outcome_rule_can_fail():
     assert not expected_outcome_holds("lp", [collapsed, collapsed, learned])
     assert expected_outcome_holds("lp", [collapsed, learned, learned])
     assert not expected_outcome_holds("wgan-clip", [learned, learned, collapsed])
-    assert expected_outcome_holds("nonsaturating", [collapsed, {"modes_covered": 2, "high_quality": 0.1}, learned])
-    assert not expected_outcome_holds("nonsaturating", [collapsed, {"modes_covered": 3, "high_quality": 0.1}, learned])
+    two, three = {"modes_covered": 2, "high_quality": 0.1}, {"modes_covered": 3, "high_quality": 0.1}
+    assert expected_outcome_holds("nonsaturating", [collapsed, two, learned])
+    assert not expected_outcome_holds("nonsaturating", [collapsed, three, learned])
 
 
 def test_equal_critic_budget(tmp_path, monkeypatch, one_thread):
@@ -276,7 +277,8 @@ def test_equal_critic_budget(tmp_path, monkeypatch, one_thread):
     for ds in demo.DATASETS:
         for name, m in demo.METHODS.items():
             assert demo.default_steps(ds, name) * m.n_critic == demo.CRITIC_STEPS[ds], (ds, name)
-    assert demo.default_steps("8gaussians", "wgan-gp") == 1000 and demo.default_steps("8gaussians", "r1") == 5000
+    assert demo.default_steps("8gaussians", "wgan-gp") == 1000
+    assert demo.default_steps("8gaussians", "r1") == 5000
     # the runs use it when no --steps is given, and --steps overrides it for every method
     monkeypatch.setitem(demo.CRITIC_STEPS, "8gaussians", 10)
     demo.run("8gaussians", ["wgan-gp", "r1"], steps=None, batch_size=8, seed=0, out=str(tmp_path / "a"),
