@@ -80,7 +80,7 @@ METHODS = {m.name: m for m in (
                   "of DCGAN (Radford et al. 2016; lr 2e-4 there)"),
     # The non-saturating GAN keeps DCGAN's published learning rate (not raised like the others): at
     # 1e-3 it hopped between covering the ring and losing modes (seed 3: 8, 6, 5 modes at 1,000,
-    # 1,500, 2,000 steps), an outcome left to chance; at 2e-4 it collapses (EXPECT below).
+    # 1,500, 2,000 steps), an outcome left to chance; at 2e-4 it covers at most one mode (EXPECT below).
     Method("nonsaturating", "nonsaturating", lr=2e-4, betas=(0.5, 0.999),
            source="Goodfellow et al. 2014, sec. 3 (G maximizes log D(G(z))), k=1; Adam lr 2e-4, betas "
                   "(0.5, 0.999) of DCGAN (Radford et al. 2016), the standard reference implementation"),
@@ -125,9 +125,10 @@ EXPECT = {name: "learns" for name in METHODS}
 # WGAN-GP paper, sec. 3 and Fig. 1: critics under weight clipping learn overly simple functions and
 # miss the data's modes; here the generator never settles on a mode (high-quality share ~0.03).
 EXPECT["wgan-clip"] = "fails"
-# Unregularized GANs collapse on the ring: Metz et al. 2016 (Unrolled GAN), Fig. 1 (the GAN sits on
+# Unregularized GANs miss the ring's modes: Metz et al. 2016 (Unrolled GAN), Fig. 1 (the GAN sits on
 # one mode at a time and rotates between them) and Srivastava et al. 2017 (VEEGAN), Table 1 (GAN:
-# 1 of 8 ring modes). The non-saturating GAN with DCGAN's setup does: at most 1-2 modes.
+# 1 of 8 ring modes). The non-saturating GAN with DCGAN's setup covers 0-1 modes here, mostly with
+# samples spread between the modes (not converged) rather than gathered on one.
 EXPECT["nonsaturating"] = "fails"
 
 

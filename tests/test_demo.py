@@ -220,7 +220,7 @@ def test_readme_has_the_training_loop():
 # under ATEN_CPU_CAPABILITY=avx2 (+ MKL_ENABLE_INSTRUCTIONS=AVX2), avx512 and default
 # (benchmarks/results/demo_sweep/results.md, which gives the margins of the thresholds below).
 # Checked here, within CI's budget (about 180 CPU-seconds, spread over worker processes): WGAN-GP
-# learns (the method that flipped by machine in issue 13), the non-saturating GAN collapses and
+# learns (the method that flipped by machine in issue 13), the non-saturating GAN fails (0-1 modes) and
 # WGAN with weight clipping fails.
 OUTCOME_CHECKS = ["wgan-gp", "nonsaturating", "wgan-clip"]
 OUTCOME_SEEDS = (0, 1, 2)
