@@ -5,7 +5,8 @@
 
 One run = one fresh process with ``ATEN_CPU_CAPABILITY`` set (it must be set before torch loads;
 ``avx2`` / ``avx512`` pick torch's vectorized kernels for that ISA, ``default`` the scalar ones),
-one thread, the demo's defaults (``fastgan.demo.run_one``); the ``avx2`` runs also set
+one thread, the demo's defaults (``fastgan.demo.run_one``; generator steps: ``demo.default_steps``, an
+equal budget of critic updates); the ``avx2`` runs also set
 ``MKL_ENABLE_INSTRUCTIONS=AVX2`` (see ``launch``). ``--jobs`` processes run at once.
 Results are appended to ``runs.jsonl`` as they finish (an interrupted sweep keeps what it has and a
 rerun skips the runs already there); ``results.md`` tabulates modes covered per seed and checks each
@@ -16,6 +17,7 @@ too, which is one more reason the expectations are checked over several seeds, n
 """
 import argparse
 import concurrent.futures
+import dataclasses
 import datetime
 import json
 import os
@@ -37,7 +39,11 @@ def worker(cap, method, seed, steps):
 
     t0 = time.process_time()
     _, _, m, _ = demo.run_one("8gaussians", method, steps=steps, batch_size=256, seed=seed, progress=False)
-    print(json.dumps({"cap": cap, "cap_used": torch.backends.cpu.get_cpu_capability(),
+    # the method's setup (all but the penalty's code) goes with the record: a record made under
+    # another setup is not counted (main)
+    config = {k: v for k, v in dataclasses.asdict(demo.METHODS[method]).items()
+              if k not in ("penalty", "source")}
+    print(json.dumps({"config": config, "cap": cap, "cap_used": torch.backends.cpu.get_cpu_capability(),
                       "mkl_instructions": os.environ.get("MKL_ENABLE_INSTRUCTIONS", "auto"), "method": method,
                       "seed": seed, "steps": steps, "modes_covered": m["modes_covered"],
                       "high_quality": m["high_quality"], "nn_gen_to_data": m["nn_gen_to_data"],
@@ -120,7 +126,8 @@ def main(argv=None):
     ap.add_argument("--method", nargs="+", default=None)
     ap.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2, 3, 4])
     ap.add_argument("--caps", nargs="+", choices=CAPS, default=list(CAPS))
-    ap.add_argument("--steps", type=int, default=None, help="generator steps (default: the demo's)")
+    ap.add_argument("--steps", type=int, default=None,
+                    help="generator steps of every method (default: the demo's, demo.default_steps)")
     ap.add_argument("--jobs", type=int, default=os.cpu_count())
     ap.add_argument("--out", default=os.path.join(ROOT, "benchmarks", "results", "demo_sweep"))
     ap.add_argument("--table-only", action="store_true", help="only rewrite results.md from runs.jsonl")
@@ -133,17 +140,25 @@ def main(argv=None):
     from fastgan import demo
 
     methods = args.method or list(demo.METHODS)
-    steps = args.steps or demo.DEFAULT_STEPS["8gaussians"]
+    def config_of(m):  # as the worker records it (JSON: tuples become lists)
+        return json.loads(json.dumps({k: v for k, v in dataclasses.asdict(demo.METHODS[m]).items()
+                                      if k not in ("penalty", "source")}))
+
+    def steps_of(m):
+        return args.steps or demo.default_steps("8gaussians", m)
     os.makedirs(args.out, exist_ok=True)
     path = os.path.join(args.out, "runs.jsonl")
     records = []
     if os.path.exists(path):
         with open(path) as f:
-            records = [r for r in map(json.loads, f) if r["steps"] == steps
-                       and (r["cap"] != "avx2" or r.get("mkl_instructions") == "AVX2")]
+            records = [r for r in map(json.loads, f)
+                       if r["method"] in demo.METHODS and r["steps"] == steps_of(r["method"])
+                       and (r["cap"] != "avx2" or r.get("mkl_instructions") == "AVX2")
+                       and r.get("config", config_of(r["method"])) == config_of(r["method"])]
     have = {(r["cap"], r["method"], r["seed"]) for r in records}
     # seed by seed (an interrupted sweep leaves whole seeds done), expensive methods first within a seed
-    jobs = [(c, m, s, steps) for s in args.seeds for m in sorted(methods, key=lambda n: -demo.METHODS[n].n_critic)
+    jobs = [(c, m, s, steps_of(m)) for s in args.seeds
+            for m in sorted(methods, key=lambda n: -demo._cost("8gaussians", n, args.steps))
             for c in args.caps if (c, m, s) not in have and not args.table_only]
     print(f"{len(jobs)} runs to do ({len(have)} already in {path}), {args.jobs} at a time", file=sys.stderr)
     t0 = time.time()
@@ -156,7 +171,10 @@ def main(argv=None):
             records.append(rec)
             print(f"[{i + 1}/{len(jobs)} {time.time() - t0:.0f}s] {rec['cap']} {rec['method']} seed {rec['seed']}: "
                   f"{rec['modes_covered']} modes", file=sys.stderr)
-    header = (f"# demo sweep: 8 Gaussians, {steps} generator steps, batch 256\n\n"
+    budget = (f"{args.steps} generator steps" if args.steps else
+              f"{demo.CRITIC_STEPS['8gaussians']} critic updates per run (generator steps: "
+              f"{demo.CRITIC_STEPS['8gaussians']} / n_critic)")
+    header = (f"# demo sweep: 8 Gaussians, {budget}, batch 256\n\n"
               f"Machine: {machine()}. Date: {datetime.date.today()}.\n"
               f"Command: `python benchmarks/demo_sweep.py --seeds {' '.join(map(str, args.seeds))}`.")
     text, verdicts = table(records, methods, args.seeds, args.caps, demo.EXPECT, demo.MIN_MODES_LEARNED,

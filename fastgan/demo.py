@@ -33,7 +33,12 @@ import fastgan as fg
 DATASETS = ("8gaussians", "25gaussians", "swissroll", "digits")
 N_EVAL = 2500
 MIN_MODE_SAMPLES = 20
-DEFAULT_STEPS = {"8gaussians": 1000, "25gaussians": 500, "swissroll": 500, "digits": 300}
+# Default training budget in critic updates, the same for every method: a method with n_critic
+# critic steps per generator step gets CRITIC_STEPS // n_critic generator steps (default_steps).
+# With a budget in generator steps instead, the 1-critic methods (R1, DRAGAN, instance noise)
+# trained their critic 5x less than WGAN-GP's and stopped halfway: R1 on seed 1 covered 6 of 8
+# modes at 1,000 generator steps, 8 at 2,000 and later (benchmarks/results/demo_sweep/exploration.md).
+CRITIC_STEPS = {"8gaussians": 5000, "25gaussians": 2500, "swissroll": 2500, "digits": 1500}
 MODE_STD = 0.05  # σ of each mixture component; radius-2 circle, grid spacing 2
 Z_DIM_2D = 8  # latent size for the 2-D sets (2 in the WGAN-GP paper: slower to learn in short runs)
 
@@ -41,9 +46,9 @@ Z_DIM_2D = 8  # latent size for the 2-D sets (2 in the WGAN-GP paper: slower to 
 # --------------------------------------------------------------------------------------------
 # the methods: loss family + regularizer + optimizer, each from its paper or the paper's reference
 # code (``source``). Common to all, for a CPU budget: 3-hidden-layer ReLU MLPs 64 wide (the WGAN-GP
-# toy code: 512), 8-D latent (there: 2), batch 256 (as there), DEFAULT_STEPS generator steps (there:
-# 100,000) and Adam/RMSprop learning rates raised to 1e-3 / 5e-4 (there: 1e-4 / 5e-5) so that short
-# runs get somewhere. Everything else (loss, penalty and its constants, critic steps, optimizer and
+# toy code: 512), 8-D latent (there: 2), batch 256 (as there), CRITIC_STEPS critic updates (there:
+# 100,000 generator steps) and Adam/RMSprop learning rates raised to 1e-3 / 5e-4 (there: 1e-4 /
+# 5e-5) so that short runs get somewhere (not for the non-saturating GAN: see there). Everything else (loss, penalty and its constants, critic steps, optimizer and
 # its betas) is the paper's.
 @dataclasses.dataclass(frozen=True)
 class Method:
@@ -73,8 +78,12 @@ METHODS = {m.name: m for m in (
     Method("vanilla", "minimax", betas=(0.5, 0.999),
            source="Goodfellow et al. 2014, Alg. 1 (minimax loss, k=1 critic step); Adam betas (0.5, 0.999) "
                   "of DCGAN (Radford et al. 2016; lr 2e-4 there)"),
-    Method("nonsaturating", "nonsaturating", betas=(0.5, 0.999),
-           source="Goodfellow et al. 2014, sec. 3 (G maximizes log D(G(z))); optimizer as vanilla"),
+    # The non-saturating GAN keeps DCGAN's published learning rate (not raised like the others): at
+    # 1e-3 it hopped between covering the ring and losing modes (seed 3: 8, 6, 5 modes at 1,000,
+    # 1,500, 2,000 steps), an outcome left to chance; at 2e-4 it covers at most one mode (EXPECT below).
+    Method("nonsaturating", "nonsaturating", lr=2e-4, betas=(0.5, 0.999),
+           source="Goodfellow et al. 2014, sec. 3 (G maximizes log D(G(z))), k=1; Adam lr 2e-4, betas "
+                  "(0.5, 0.999) of DCGAN (Radford et al. 2016), the standard reference implementation"),
     Method("wgan-clip", "wasserstein", n_critic=5, clip=0.01, optimizer="rmsprop", lr=5e-4,
            source="Arjovsky et al. 2017, Alg. 1: c=0.01, n_critic=5, RMSProp (lr 5e-5 there)"),
     Method("wgan-gp", "wasserstein", lambda D, r, f, dr, df: fg.gradient_penalty(D, r, f, weight=0.1), n_critic=5,
@@ -116,6 +125,11 @@ EXPECT = {name: "learns" for name in METHODS}
 # WGAN-GP paper, sec. 3 and Fig. 1: critics under weight clipping learn overly simple functions and
 # miss the data's modes; here the generator never settles on a mode (high-quality share ~0.03).
 EXPECT["wgan-clip"] = "fails"
+# Unregularized GANs miss the ring's modes: Metz et al. 2016 (Unrolled GAN), Fig. 1 (the GAN sits on
+# one mode at a time and rotates between them) and Srivastava et al. 2017 (VEEGAN), Table 1 (GAN:
+# 1 of 8 ring modes). The non-saturating GAN with DCGAN's setup covers 0-1 modes here, mostly with
+# samples spread between the modes (not converged) rather than gathered on one.
+EXPECT["nonsaturating"] = "fails"
 
 
 # ---8<--- README: Training a GAN with fastgan ---8<---
@@ -433,17 +447,28 @@ def summary_table(dataset, results):
     return f"{dataset}: {what}\n\n" + "\n".join(lines) + "\n"
 
 
+def default_steps(dataset, name):
+    """Generator steps of method ``name`` on ``dataset`` by default: the critic-update budget
+    ``CRITIC_STEPS[dataset]`` divided by the method's critic steps per generator step.
+
+    >>> default_steps("8gaussians", "wgan-gp"), default_steps("8gaussians", "r1")
+    (1000, 5000)"""
+    return CRITIC_STEPS[dataset] // METHODS[name].n_critic
+
+
 def run_metrics(dataset, name, seed, steps=None, batch_size=256):
     """Metrics of one run at the demo's defaults, one thread (picklable: for worker processes)."""
     torch.set_num_threads(1)
-    steps = steps or DEFAULT_STEPS[dataset]
+    steps = steps or default_steps(dataset, name)
     return run_one(dataset, name, steps=steps, batch_size=batch_size, seed=seed, progress=False)[2]
 
 
 def run_and_save(dataset, name, steps, batch_size, seed, out, progress=False, threads=1):
     """Train one method, write <name>.json/.png/_losses.png; returns (surface, samples[:1000], metrics).
 
-    Top-level (picklable) so that :func:`run` can hand it to worker processes."""
+    ``steps=None``: :func:`default_steps`. Top-level (picklable) so that :func:`run` can hand it
+    to worker processes."""
+    steps = steps or default_steps(dataset, name)
     torch.set_num_threads(threads)  # tiny networks: one thread per run, parallelism across runs
     D, samples, metrics, history = run_one(dataset, name, steps=steps, batch_size=batch_size, seed=seed,
                                            progress=progress)
@@ -463,6 +488,7 @@ def run_and_save(dataset, name, steps, batch_size, seed, out, progress=False, th
 def run(dataset, methods, *, steps, batch_size, seed, out, progress=True, jobs=1, threads=1):
     """Train every method, write per-run PNG/JSON, overview.png, summary.md and summary.json.
 
+    ``steps``: generator steps of every method, or None for each method's :func:`default_steps`.
     ``jobs > 1`` trains that many methods at once in worker processes (one thread each): the
     runs are independent and each seeds itself, so the results equal those of ``jobs=1``."""
     os.makedirs(out, exist_ok=True)
@@ -476,8 +502,8 @@ def run(dataset, methods, *, steps, batch_size, seed, out, progress=True, jobs=1
 
         # spawn: a fresh interpreter per worker (forking a process that already ran torch ops can hang)
         ctx = multiprocessing.get_context("spawn")
-        # the 5-critic-step methods take longest: start them first so the pool finishes together
-        order = sorted(methods, key=lambda n: -METHODS[n].n_critic)
+        # the longest runs first, so that the pool finishes together
+        order = sorted(methods, key=lambda n: -_cost(dataset, n, steps))
         with concurrent.futures.ProcessPoolExecutor(min(jobs, len(methods)), mp_context=ctx) as pool:
             futures = {pool.submit(run_and_save, dataset, n, steps, batch_size, seed, out, False, threads): n for n in order}
             for fut in concurrent.futures.as_completed(futures):
@@ -494,6 +520,13 @@ def run(dataset, methods, *, steps, batch_size, seed, out, progress=True, jobs=1
     with open(os.path.join(out, "summary.json"), "w") as f:
         json.dump(results, f, indent=1)
     return results, table
+
+
+def _cost(dataset, name, steps):
+    """Relative cost of a run: critic forward/backward passes (a 5-critic step ~ 5 1-critic steps;
+    the penalties roughly double a critic step)."""
+    m = METHODS[name]
+    return (steps or default_steps(dataset, name)) * (m.n_critic + 1) * (2 if m.penalty else 1)
 
 
 # --------------------------------------------------------------------------------------------
@@ -517,8 +550,9 @@ def add_parser(sub):
     p.add_argument("--method", nargs="+", choices=list(METHODS), metavar="NAME",
                    help=f"one or more of: {', '.join(METHODS)} (default: all)")
     p.add_argument("--steps", type=_positive_int, default=None,
-                   help="generator steps per run (default: " +
-                        ", ".join(f"{k} {v}" for k, v in DEFAULT_STEPS.items()) + ")")
+                   help="generator steps of every method (default: an equal budget of critic updates, " +
+                        ", ".join(f"{k} {v}" for k, v in CRITIC_STEPS.items()) +
+                        ", i.e. that many divided by the method's critic steps per generator step)")
     p.add_argument("--batch-size", type=_positive_int, default=256)
     p.add_argument("--out", help="output folder (default: demo-results/DATASET)")
     p.add_argument("--seed", type=int, default=0)
@@ -533,7 +567,7 @@ def add_parser(sub):
 
 
 def cli(args):
-    steps = args.steps or DEFAULT_STEPS[args.dataset]
+    steps = args.steps  # None: each method's default_steps
     out = args.out or os.path.join("demo-results", args.dataset)
     if os.path.exists(out) and not os.path.isdir(out):
         print(f"python -m fastgan demo: error: --out {out!r} exists and is not a directory", file=sys.stderr)
@@ -541,7 +575,10 @@ def cli(args):
     methods = list(dict.fromkeys(args.method or METHODS))
     jobs = args.jobs or len(os.sched_getaffinity(0))
     torch.set_num_threads(args.threads)
-    print(f"fastgan demo: {args.dataset}, methods {', '.join(methods)}, {steps} generator steps, "
+    budget = (f"{steps} generator steps" if steps else
+              f"{CRITIC_STEPS[args.dataset]} critic updates (1-critic methods {CRITIC_STEPS[args.dataset]}, "
+              f"5-critic {CRITIC_STEPS[args.dataset] // 5} generator steps)")
+    print(f"fastgan demo: {args.dataset}, methods {', '.join(methods)}, {budget}, "
           f"batch {args.batch_size}, seed {args.seed}, {min(jobs, len(methods))} process(es) -> {out}")
     _, table = run(args.dataset, methods, steps=steps, batch_size=args.batch_size, seed=args.seed, out=out,
                    progress=not args.quiet, jobs=jobs, threads=args.threads)

@@ -216,12 +216,16 @@ def test_readme_has_the_training_loop():
 # --------------------------------------------------------------------------------------------
 # real training at the demo's defaults: each method's expected outcome (demo.EXPECT) on several
 # seeds. One seed passes or fails by CPU (the SIMD width changes rounding and the trajectory
-# follows), so a check counts seeds; benchmarks/demo_sweep.py measured these methods on seeds 0-4
-# under ATEN_CPU_CAPABILITY=avx2, avx512 and default (benchmarks/results/demo_sweep/results.md).
-# (non-saturating is not here: seeds 0, 1, 2 gave 8, 6, 8 modes with high-quality shares 0.62, 0.13,
-# 0.16 on the Intel Xeon: not robust at 1,000 steps)
-LEARN_CHECKS = ["wgan-gp", "lp", "wgan-clip"]
-LEARN_SEEDS = (0, 1, 2)
+# follows), so a check counts seeds; benchmarks/demo_sweep.py measured every method on seeds 0-4
+# under ATEN_CPU_CAPABILITY=avx2 (+ MKL_ENABLE_INSTRUCTIONS=AVX2), avx512 and default
+# (benchmarks/results/demo_sweep/results.md, which gives the margins of the thresholds below).
+# Checked here, within CI's budget (about 180 CPU-seconds, spread over worker processes): WGAN-GP
+# learns (the method that flipped by machine in issue 13), the non-saturating GAN fails (0-1 modes) and
+# WGAN with weight clipping fails.
+OUTCOME_CHECKS = ["wgan-gp", "nonsaturating", "wgan-clip"]
+OUTCOME_SEEDS = (0, 1, 2)
+LEARNED_HQ = 0.2     # a learned run also puts > 20% of its samples within 3σ of a mode
+FAILED_MODES = 2     # a failed run covers at most 2 of the 8 modes
 
 
 @pytest.fixture(scope="module")
@@ -230,7 +234,9 @@ def trained():
     import concurrent.futures
     import multiprocessing
 
-    jobs = [(m, s) for m in LEARN_CHECKS for s in LEARN_SEEDS]
+    # the longest runs first, so that the pool finishes together
+    jobs = [(m, s) for m in sorted(OUTCOME_CHECKS, key=lambda n: -demo._cost("8gaussians", n, None))
+            for s in OUTCOME_SEEDS]
     workers = max(1, min(len(jobs), len(os.sched_getaffinity(0))))
     ctx = multiprocessing.get_context("spawn")
     with concurrent.futures.ProcessPoolExecutor(workers, mp_context=ctx) as pool:
@@ -239,18 +245,19 @@ def trained():
 
 
 def expected_outcome_holds(name, runs):
-    """A method that learns covers >= MIN_MODES_LEARNED modes with a real share of high-quality
-    samples in all but one seed; one that fails covers at most 2 modes in all but one seed."""
+    """A method that learns covers >= MIN_MODES_LEARNED modes with more than LEARNED_HQ of its
+    samples of high quality in all but one seed; one that fails covers at most FAILED_MODES modes
+    in all but one seed."""
     if demo.EXPECT[name] == "learns":
-        good = [m["modes_covered"] >= demo.MIN_MODES_LEARNED and m["high_quality"] > 0.2 for m in runs]
+        good = [m["modes_covered"] >= demo.MIN_MODES_LEARNED and m["high_quality"] > LEARNED_HQ for m in runs]
     else:
-        good = [m["modes_covered"] <= 2 for m in runs]
+        good = [m["modes_covered"] <= FAILED_MODES for m in runs]
     return sum(good) >= len(runs) - 1
 
 
-@pytest.mark.parametrize("name", LEARN_CHECKS)
+@pytest.mark.parametrize("name", OUTCOME_CHECKS)
 def test_expected_outcome_on_8gaussians(trained, name):
-    runs = [trained[(name, s)] for s in LEARN_SEEDS]
+    runs = [trained[(name, s)] for s in OUTCOME_SEEDS]
     assert expected_outcome_holds(name, runs), [(m["modes_covered"], round(m["high_quality"], 3)) for m in runs]
 
 
@@ -260,6 +267,29 @@ def test_outcome_rule_can_fail():
     assert not expected_outcome_holds("lp", [collapsed, collapsed, learned])
     assert expected_outcome_holds("lp", [collapsed, learned, learned])
     assert not expected_outcome_holds("wgan-clip", [learned, learned, collapsed])
+    two, three = {"modes_covered": 2, "high_quality": 0.1}, {"modes_covered": 3, "high_quality": 0.1}
+    assert expected_outcome_holds("nonsaturating", [collapsed, two, learned])
+    assert not expected_outcome_holds("nonsaturating", [collapsed, three, learned])
+
+
+def test_equal_critic_budget(tmp_path, monkeypatch, one_thread):
+    # by default every method gets the same number of critic updates: n_critic x generator steps
+    for ds in demo.DATASETS:
+        for name, m in demo.METHODS.items():
+            assert demo.default_steps(ds, name) * m.n_critic == demo.CRITIC_STEPS[ds], (ds, name)
+    assert demo.default_steps("8gaussians", "wgan-gp") == 1000
+    assert demo.default_steps("8gaussians", "r1") == 5000
+    # the runs use it when no --steps is given, and --steps overrides it for every method
+    monkeypatch.setitem(demo.CRITIC_STEPS, "8gaussians", 10)
+    demo.run("8gaussians", ["wgan-gp", "r1"], steps=None, batch_size=8, seed=0, out=str(tmp_path / "a"),
+             progress=False, jobs=1)
+    demo.run("8gaussians", ["wgan-gp", "r1"], steps=3, batch_size=8, seed=0, out=str(tmp_path / "b"),
+             progress=False, jobs=1)
+    for out, want in (("a", {"wgan-gp": 2, "r1": 10}), ("b", {"wgan-gp": 3, "r1": 3})):
+        for name, steps in want.items():
+            with open(tmp_path / out / f"{name}.json") as f:
+                rec = json.load(f)
+            assert rec["steps"] == steps == len(rec["history"]["g_loss"]), (out, name)
 
 
 def test_every_method_names_its_source_and_outcome():
