@@ -10,7 +10,10 @@ the same load. Printed per critic (medians over rounds after warm-up, microsecon
 * ``ovh``: the issue's SN overhead = median over rounds of fwd(variant) - fwd(none) in the same round;
 * ``sn``: the SN-only work of one training forward (power iterations + every layer's W / sigma);
 * the memory floor: bytes of W read by one power-iteration sweep plus W read / W/sigma written by
-  the normalization, at the copy bandwidth measured here on a buffer of the same total size.
+  the normalization, at the copy bandwidth measured here on a buffer of the same total size,
+  twice: ``hot`` (the copy repeated back to back: caches warm, as no critic step leaves them) and
+  ``in-loop`` (the same copy + read as one more contender of the round-robin, so it runs in the
+  cache state the sn-only work sees, mostly right after a critic forward has evicted W).
 """
 import os
 import random
@@ -46,7 +49,10 @@ def main(rounds=300, critics=None, warmup=30):
         models = {v: build(critic, v) for v in VARIANTS}
         fwd = {v: (lambda D=D: D(x)) for v, D in models.items()}
         sn = {v: sn_only(models[v], v) for v in VARIANTS[1:]}
+        numel = sum(m.weight.numel() for m in sn_layers(models["torch"]))
+        src, dst = torch.randn(numel), torch.empty(numel)
         jobs = [("fwd", v, f) for v, f in fwd.items()] + [("sn", v, f) for v, f in sn.items()]
+        jobs.append(("floor", "in-loop", lambda: (dst.copy_(src), src.sum())))
         times = {(k, v): [] for k, v, _ in jobs}
         for r in range(rounds + warmup):
             rng.shuffle(jobs)
@@ -58,15 +64,18 @@ def main(rounds=300, critics=None, warmup=30):
         med = {key: statistics.median(t) * 1e6 for key, t in times.items()}
         ovh = {v: statistics.median(a - b for a, b in zip(times[("fwd", v)], times[("fwd", "none")])) * 1e6
                for v in VARIANTS[1:]}
-        numel = sum(m.weight.numel() for m in sn_layers(models["torch"]))
         cp = copy_floor_us(numel)  # read W + write W/sigma at copy speed
         rd = cp / 2  # one more read of W (power-iteration sweep), same bandwidth
+        hot, in_loop = cp + rd, med[("floor", "in-loop")]
         print(f"{critic}: {len(sn_layers(models['torch']))} SN layers, {numel} weights "
               f"({numel * 4 / 2**20:.2f} MiB); fwd(none) {med[('fwd', 'none')]:.0f} us; "
-              f"memory floor ~{cp + rd:.0f} us (copy {cp:.0f} + read {rd:.0f}); loadavg {os.getloadavg()[0]:.2f}")
+              f"memory floor hot ~{hot:.0f} us (copy {cp:.0f} + read {rd:.0f}), in-loop {in_loop:.0f} us; "
+              f"loadavg {os.getloadavg()[0]:.2f}")
         for v in VARIANTS[1:]:
             print(f"  {v:10s} fwd {med[('fwd', v)]:7.0f}  ovh {ovh[v]:6.0f}  sn {med[('sn', v)]:6.0f}"
-                  f"  ovh/torch {ovh[v] / ovh['torch']:.2f}  sn/torch {med[('sn', v)] / med[('sn', 'torch')]:.2f}")
+                  f"  ovh/torch {ovh[v] / ovh['torch']:.2f}  sn/torch {med[('sn', v)] / med[('sn', 'torch')]:.2f}"
+                  f"  sn/(3 floor + 50 us) hot {med[('sn', v)] / (3 * hot + 50):.2f} in-loop "
+                  f"{med[('sn', v)] / (3 * in_loop + 50):.2f}")
 
 
 if __name__ == "__main__":
