@@ -18,6 +18,8 @@
 #include <cmath>
 #include <cstring>
 #include <string>
+#include <tuple>
+#include <utility>
 #include <vector>
 
 #include "block_cache.h"
@@ -155,20 +157,22 @@ void divide_into(const at::Tensor& w, at::Tensor& out, double sigma) {
   });
 }
 
-// W / sigma: any dense layout (channels_last, ...) is read and written in its own order; W/sigma is
-// rebuilt every forward, so its storage comes from the block cache (no page faults).
-at::Tensor normalized(const at::Tensor& weight, double sigma) {
+// (W in a dense layout, storage for W / sigma in that layout): any dense layout (channels_last, ...)
+// is read and written in its own order; W / sigma is rebuilt every forward, so its storage comes
+// from the block cache (no page faults).
+std::pair<at::Tensor, at::Tensor> dense_with_output(const at::Tensor& weight) {
   at::Tensor w = weight.is_non_overlapping_and_dense() ? weight : weight.contiguous();
   at::Tensor out = cpu_empty_strided_cached(w.sizes(), w.strides(), w.scalar_type());
-  divide_into(w, out, sigma);
-  return out;
+  return {w, out};
 }
 
 at::Tensor sn_normalize_cpu(const at::Tensor& weight, const at::Tensor& u, const at::Tensor& v,
                             const at::Tensor& sigma, int64_t dim) {
   TORCH_CHECK(at::isFloatingType(weight.scalar_type()), "sn_normalize: weight must be floating point, got ",
               weight.scalar_type());
-  return normalized(weight, sigma_value(sigma));
+  auto [w, out] = dense_with_output(weight);
+  divide_into(w, out, sigma_value(sigma));
+  return out;
 }
 
 // sn_normalize of every layer of a model in one call (one dispatch, one autograd node).
@@ -232,9 +236,7 @@ std::tuple<std::vector<at::Tensor>, at::Tensor> sn_power_normalize_cpu(at::Tenso
   for (size_t l = 0; l < n; ++l) {
     const at::Tensor& wl = weights[l];
     ws[l] = wl.scalar_type() == ct && wl.is_contiguous() ? wl : wl.to(ct).contiguous();
-    src[l] = wl.is_non_overlapping_and_dense() ? wl : wl.contiguous();
-    // W / sigma keeps W's dense layout (channels_last, ...); from the block cache (no page faults)
-    outs[l] = cpu_empty_strided_cached(src[l].sizes(), src[l].strides(), wl.scalar_type());
+    std::tie(src[l], outs[l]) = dense_with_output(wl);
   }
   AT_DISPATCH_FLOATING_TYPES(ct, "sn_power_normalize_cpu", [&] {
     using T = scalar_t;
