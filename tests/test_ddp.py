@@ -8,7 +8,6 @@ on unsynchronised (local) gradients lands ~1e-2 away, far outside the tolerance.
 """
 import os
 import signal
-import time
 import traceback
 
 import pytest
@@ -18,7 +17,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 import fastgan as fg
-from conftest import ddp, fsdp, run_ranks
+from conftest import ddp, fsdp, leave_process_group, run_ranks
 
 pytestmark = pytest.mark.skipif(not dist.is_available() or not dist.is_gloo_available(),
                                 reason="torch built without gloo")
@@ -216,8 +215,7 @@ def _worker(rank, init_file, out_dir):
         # ... and a penalty through an FSDP critic (FSDP frees the weights the double backward needs)
         result["fsdp_penalty"] = _value_error(lambda: fg.r1_penalty(D, batch(0, rank)["real"]))
         dist.barrier()
-        time.sleep(0.1)  # gloo teardown deadlock in torch 2.13: see the README's Multi-GPU section
-        dist.destroy_process_group()
+        leave_process_group()
     except Exception:
         result["worker"] = traceback.format_exc()
     torch.save(result, os.path.join(out_dir, f"rank{rank}.pt"))

@@ -7,7 +7,6 @@ result does not depend on the other rank's samples. The exact path through FSDP 
 with an error naming finite_difference and set_reshard_after_backward.
 """
 import os
-import time
 import traceback
 
 import pytest
@@ -17,7 +16,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 import fastgan as fg
-from conftest import ddp, fsdp, run_ranks
+from conftest import ddp, fsdp, leave_process_group, run_ranks
 
 pytestmark = pytest.mark.skipif(not dist.is_available() or not dist.is_gloo_available(),
                                 reason="torch built without gloo")
@@ -127,8 +126,7 @@ def _worker(rank, init_file, out_dir):
         except ValueError as e:
             result["fsdp_exact"] = str(e)
         dist.barrier()
-        time.sleep(0.1)  # gloo teardown deadlock in torch 2.13: see the README's Multi-GPU section
-        dist.destroy_process_group()
+        leave_process_group()
     except Exception:
         result["worker"] = traceback.format_exc()
     torch.save(result, os.path.join(out_dir, f"rank{rank}.pt"))

@@ -11,7 +11,7 @@ import time
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import available_backends, device_for, rel_err
+from conftest import available_backends, device_for, leave_process_group, rel_err
 from torch import nn
 from torch.nn.utils import parametrize
 from torch.nn.utils.parametrizations import spectral_norm as torch_sn
@@ -798,10 +798,7 @@ def _ddp_worker(rank, world, port, path):
                 opt.step()
             torch.save({k: t.detach().clone() for k, t in D.state_dict().items()}, f"{path}.{batched}.{rank}")
     finally:
-        # torch 2.13 + gloo can deadlock in destroy_process_group right after a collective (README,
-        # Multi-GPU): a short sleep lets gloo's worker thread finish first (0 hangs in 40 runs)
-        time.sleep(0.1)
-        dist.destroy_process_group()
+        leave_process_group()
 
 
 def _ddp_batch(step, rank):

@@ -5,7 +5,6 @@ Equality is checked against today's critic-calling form and against independent 
 float64, on whole critic steps (value and every parameter's .grad after backward()).
 """
 import os
-import time
 import traceback
 
 import pytest
@@ -15,7 +14,7 @@ import torch.nn.functional as F
 from torch import nn
 
 import fastgan as fg
-from conftest import rel_err, run_ranks
+from conftest import leave_process_group, rel_err, run_ranks
 
 TOL = 1e-12  # float64
 
@@ -612,8 +611,7 @@ def _ddp_worker(rank, init_file, out_dir):
             except Exception:
                 result[name] = traceback.format_exc()
             dist.barrier()
-        time.sleep(0.1)  # gloo teardown deadlock in torch 2.13: see the README's Multi-GPU section
-        dist.destroy_process_group()
+        leave_process_group()
     except Exception:
         result["worker"] = traceback.format_exc()
     torch.save(result, os.path.join(out_dir, f"rank{rank}.pt"))
