@@ -10,6 +10,7 @@ import copy
 import dataclasses
 import datetime
 import json
+import math
 import os
 import platform
 import subprocess
@@ -136,6 +137,23 @@ def _close(tol):
             if not bool(((x - y).abs().max() / scale) <= tol):
                 return False
         return True
+
+    return check
+
+
+def _close_whole(tol):
+    """Relative error of all outputs together, ``||out - ref|| / ||ref||`` over the concatenation:
+    issue 15's measure for a finite-difference parameter gradient. Per tensor, small gradients
+    (LayerNorm biases of the ViT) carry the difference quotient's roundoff at ~5e-3 of their own
+    scale while the whole gradient is within ~2e-4 (README, "Accuracy")."""
+    def check(out, ref):
+        a, b = _flat(out), _flat(ref)
+        if len(a) != len(b) or any((x is None) != (y is None) for x, y in zip(a, b)):
+            return False
+        pairs = [(x.detach().double(), y.detach().double()) for x, y in zip(a, b) if x is not None]
+        num = sum(float((x - y).pow(2).sum()) for x, y in pairs)
+        den = sum(float(y.pow(2).sum()) for _, y in pairs)
+        return math.sqrt(num) <= tol * math.sqrt(den)   # NaN anywhere: False
 
     return check
 
@@ -605,7 +623,8 @@ def penalty_method_cases(device, quick):
             impls["fastgan:approx_r1"] = lambda g=grads: g("approx")
             unchecked += ("fastgan:approx_r1",)                                    # another penalty
         name = {"gp": "WGAN-GP critic step", "r1": "R1 critic step"}[penalty]
-        yield Case(f"{name} (exact vs finite difference)", label, impls, 0, {}, _close(2e-3), unchecked=unchecked)
+        yield Case(f"{name} (exact vs finite difference)", label, impls, 0, {}, _close_whole(2e-3),
+                   unchecked=unchecked)
 
 
 CASE_FAMILIES["penalty_methods"] = penalty_method_cases

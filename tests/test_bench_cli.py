@@ -77,3 +77,19 @@ def test_sn_step_case_keeps_its_inputs_when_later_cases_are_built(monkeypatch):
     got = bench._flat(cases[1].impls["eager"]())
     assert len(got) == len(expected)
     assert all(torch.equal(a, b) for a, b in zip(got, expected))
+
+
+def test_whole_gradient_check_is_relative_to_the_norm_of_all_tensors():
+    """The finite-difference rows' check (issue 15's measure): ||out - ref|| / ||ref|| over all
+    tensors together; a small tensor far off its own scale passes, a large error or a NaN fails."""
+    import torch
+
+    from fastgan.bench import _close_whole
+
+    ref = [torch.full((100,), 1.0), torch.full((3,), 1e-3)]
+    check = _close_whole(2e-3)
+    assert check([ref[0] * (1 + 1e-3), ref[1] * 1.5], ref)            # 0.5 of a tiny tensor: fine overall
+    assert not check([ref[0] * (1 + 3e-3), ref[1]], ref)              # 3e-3 of everything: not
+    assert not check([ref[0], torch.tensor([float("nan"), 0.0, 0.0])], ref)
+    assert not check([ref[0]], ref)                                   # a missing tensor
+    assert not check([ref[0], None], ref)
