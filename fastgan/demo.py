@@ -110,9 +110,17 @@ METHODS = {m.name: m for m in (
     Method("sngan", "hinge", spectral_norm=True, n_critic=5, betas=(0.5, 0.9),
            source="Miyato et al. 2018: spectral norm on every critic layer, hinge loss, Table 1 setting D "
                   "(n_dis=5, Adam lr 1e-3, betas (0.5, 0.9)); setting C (n_dis=1) collapsed on seed 0"),
-    Method("instance-noise", "nonsaturating", noise=0.5, betas=(0.5, 0.999),
-           source="Sonderby et al. 2016 / Arjovsky & Bottou 2017: Gaussian noise on the critic's real and "
-                  "fake inputs, std annealed linearly from 0.5 to 0; non-saturating loss"),
+    # The minimax loss, the objective instance noise was proposed for: Arjovsky & Bottou 2017 (sec. 4)
+    # add noise to the discriminator's inputs so that the original GAN's divergence is continuous and
+    # its generator gradient does not vanish. With the non-saturating loss instead (this demo's setup
+    # until session 5) the end of training, where the annealed noise is near 0, was a plain
+    # non-saturating GAN at lr 1e-3, which hops between modes: 4-6 modes on 2 of 5 seeds under avx2
+    # (benchmarks/results/demo_sweep/exploration.md).
+    Method("instance-noise", "minimax", noise=0.5, betas=(0.5, 0.999),
+           source="Arjovsky & Bottou 2017, sec. 4 (noise on the discriminator's inputs for the original "
+                  "minimax GAN) / Sonderby et al. 2016 (instance noise, std annealed to 0): Gaussian "
+                  "noise on the critic's real and fake inputs, std annealed linearly from 0.5 to 0; "
+                  "minimax loss, 1 critic step, Adam betas (0.5, 0.999) of DCGAN"),
 )}
 
 # Outcome each method must show on 8 Gaussians at the default steps, over 5 seeds and on every CPU
