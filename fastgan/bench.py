@@ -504,6 +504,20 @@ def _lazy_rows(D, loss_fn, k):
     return run
 
 
+def _fastgan_loop_impls(impls, D, backends, k, penalty, today, scores):
+    """Adds fastgan's rows of a training-loop case to ``impls`` for every backend: ``today(be)`` (the
+    penalty's own forward), ``scores(be)`` (from the loss's forward) and ``scores(be, lazy=...)`` with
+    ``fg.Lazy(penalty, every=k)``, k steps per call; returns {row: steps per call} of the lazy rows."""
+    steps = {}
+    for be in backends:
+        lazy = fg.Lazy(penalty, every=k)
+        impls[f"fastgan:{be}"] = _loop_step(D, lambda be=be: today(be))
+        impls[f"fastgan:{be} scores="] = _loop_step(D, lambda be=be: scores(be))
+        impls[f"fastgan:{be} lazy k={k} scores="] = _lazy_rows(D, lambda be=be, lazy=lazy: scores(be, lazy=lazy), k)
+        steps[f"fastgan:{be} lazy k={k} scores="] = k
+    return steps
+
+
 def training_loop_cases(device, quick):
     """R1 and WGAN-div DCGAN critic steps: eager (separate forward, as PyTorch-GAN-style code; and
     from the same forward, as StyleGAN2 / seed 002), fastgan today (``fg.r1_penalty(D, real)``),
@@ -531,25 +545,19 @@ def training_loop_cases(device, quick):
     impls = {"eager": _loop_step(D, r1_eager)}
     if not quick:
         impls["eager same forward"] = _loop_step(D, r1_eager_same)
-    steps = {}
-    for be in backends:
-        lazy = fg.Lazy(fg.r1_penalty, every=k)
 
-        def today(be=be):
-            with fg.use_backend(be):
-                return F.softplus(D(fake)).mean() + F.softplus(-D(real)).mean() + fg.r1_penalty(D, real, gamma=10.0)
+    def today(be):
+        with fg.use_backend(be):
+            return F.softplus(D(fake)).mean() + F.softplus(-D(real)).mean() + fg.r1_penalty(D, real, gamma=10.0)
 
-        def scores(be=be, lazy=None):
-            with fg.use_backend(be):
-                x = real.detach().requires_grad_(lazy is None or lazy.due)
-                d_real = D(x)
-                pen = (lazy or fg.r1_penalty)(real=x, scores=d_real, gamma=10.0)
-                return F.softplus(D(fake)).mean() + F.softplus(-d_real).mean() + pen
+    def scores(be, lazy=None):
+        with fg.use_backend(be):
+            x = real.detach().requires_grad_(lazy is None or lazy.due)
+            d_real = D(x)
+            pen = (lazy or fg.r1_penalty)(real=x, scores=d_real, gamma=10.0)
+            return F.softplus(D(fake)).mean() + F.softplus(-d_real).mean() + pen
 
-        impls[f"fastgan:{be}"] = _loop_step(D, today)
-        impls[f"fastgan:{be} scores="] = _loop_step(D, scores)
-        impls[f"fastgan:{be} lazy k={k} scores="] = _lazy_rows(D, lambda lazy=lazy, f=scores: f(lazy=lazy), k)
-        steps[f"fastgan:{be} lazy k={k} scores="] = k
+    steps = _fastgan_loop_impls(impls, D, backends, k, fg.r1_penalty, today, scores)
     yield Case("R1 critic step (training loop)", f"DCGAN 3x32x32 B={b}", impls, 0, dict(skipped), _close(1e-4),
                unchecked=tuple(steps), steps_per_call=steps)
 
@@ -572,26 +580,20 @@ def training_loop_cases(device, quick):
     impls = {"eager": _loop_step(D, div_eager)}
     if not quick:
         impls["eager same forward"] = _loop_step(D, div_eager_same)
-    steps = {}
-    for be in backends:
-        lazy = fg.Lazy(fg.wgan_div_penalty, every=k)
 
-        def today(be=be):
-            with fg.use_backend(be):
-                return D(fake).mean() - D(real).mean() + fg.wgan_div_penalty(D, real, fake)
+    def today(be):
+        with fg.use_backend(be):
+            return D(fake).mean() - D(real).mean() + fg.wgan_div_penalty(D, real, fake)
 
-        def scores(be=be, lazy=None):
-            with fg.use_backend(be):
-                due = lazy is None or lazy.due
-                xr, xf = real.detach().requires_grad_(due), fake.detach().requires_grad_(due)
-                d_real, d_fake = D(xr), D(xf)
-                pen = (lazy or fg.wgan_div_penalty)(real=xr, fake=xf, scores=(d_real, d_fake))
-                return d_fake.mean() - d_real.mean() + pen
+    def scores(be, lazy=None):
+        with fg.use_backend(be):
+            due = lazy is None or lazy.due
+            xr, xf = real.detach().requires_grad_(due), fake.detach().requires_grad_(due)
+            d_real, d_fake = D(xr), D(xf)
+            pen = (lazy or fg.wgan_div_penalty)(real=xr, fake=xf, scores=(d_real, d_fake))
+            return d_fake.mean() - d_real.mean() + pen
 
-        impls[f"fastgan:{be}"] = _loop_step(D, today)
-        impls[f"fastgan:{be} scores="] = _loop_step(D, scores)
-        impls[f"fastgan:{be} lazy k={k} scores="] = _lazy_rows(D, lambda lazy=lazy, f=scores: f(lazy=lazy), k)
-        steps[f"fastgan:{be} lazy k={k} scores="] = k
+    steps = _fastgan_loop_impls(impls, D, backends, k, fg.wgan_div_penalty, today, scores)
     yield Case("WGAN-div critic step (training loop)", f"DCGAN 3x32x32 B={b}", impls, 0, dict(skipped),
                _close(1e-4), unchecked=tuple(steps), steps_per_call=steps)
 
