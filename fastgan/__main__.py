@@ -27,6 +27,9 @@ def info(_args):
 
 
 def main(argv=None):
+    from ._inductor_cache import separate_inductor_cache
+
+    separate_inductor_cache()  # torch 2.13 mixes kernels of different ATEN_CPU_CAPABILITY values
     parser = argparse.ArgumentParser(prog="python -m fastgan", description=__doc__)
     sub = parser.add_subparsers(dest="cmd", required=True)
     sub.add_parser("info", help="print versions and available backends").set_defaults(func=info)

@@ -10,6 +10,10 @@ import torch
 if not torch.cuda.is_available():
     os.environ.setdefault("TRITON_INTERPRET", "1")
 
+from fastgan._inductor_cache import separate_inductor_cache  # noqa: E402
+
+separate_inductor_cache()  # runs under another ATEN_CPU_CAPABILITY must not reuse this one's kernels
+
 import pytest  # noqa: E402
 
 import fastgan  # noqa: E402
