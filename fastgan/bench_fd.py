@@ -48,26 +48,33 @@ def make(critic, quick=False, seed=0):
     return D, real, fake, alpha, label
 
 
-def _context(critic, method):
-    if critic == "vit" and method == "exact":
+def _math_attention(on):
+    """The math SDPA kernel (the only one with a double backward) when ``on``; else nothing."""
+    if on:
         from torch.nn.attention import SDPBackend, sdpa_kernel
         return sdpa_kernel(SDPBackend.MATH)
     import contextlib
     return contextlib.nullcontext()
+
+
+def _context(critic, method):
+    # exact: the whole step under the math kernel
+    return _math_attention(critic == "vit" and method == "exact")
 
 
 def _penalty_context(method):
     # exact_pm: the math kernel only where double backward needs it (a no-op on critics without SDPA)
-    if method == "exact_pm":
-        from torch.nn.attention import SDPBackend, sdpa_kernel
-        return sdpa_kernel(SDPBackend.MATH)
-    import contextlib
-    return contextlib.nullcontext()
+    return _math_attention(method == "exact_pm")
+
+
+def _fg_method(method):
+    """fastgan's ``method=`` for one of this module's methods (approx has its own function)."""
+    return "double_backward" if method in ("exact", "exact_pm") else "finite_difference"
 
 
 def loss_fn(D, real, fake, alpha, penalty, method):
     """The critic loss: WGAN + gradient penalty ("gp") or non-saturating + R1 ("r1")."""
-    m = "double_backward" if method in ("exact", "exact_pm") else "finite_difference"
+    m = _fg_method(method)
     if penalty == "gp":
         loss = D(fake).mean() - D(real).mean()
         with _penalty_context(method):
@@ -96,7 +103,7 @@ def penalty_grads(critic, penalty, method, quick=False, dtype=torch.float32):
     """Parameter gradients of the penalty alone (same init and data for every method)."""
     D, real, fake, alpha, _ = make(critic, quick)
     D, real, fake, alpha = D.to(dtype), real.to(dtype), fake.to(dtype), alpha.to(dtype)
-    m = "double_backward" if method in ("exact", "exact_pm") else "finite_difference"
+    m = _fg_method(method)
     with _context(critic, method):
         p = (fg.gradient_penalty(D, real, fake, alpha=alpha, method=m) if penalty == "gp"
              else fg.r1_penalty(D, real, method=m))
